@@ -1,0 +1,469 @@
+//! Runtime configuration: read once from the environment, validated, then shared read-only.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use secrecy::SecretString;
+use serde::Deserialize;
+use url::Url;
+
+const MB: u64 = 1024 * 1024;
+
+/// The whole configuration. Every field maps to one upper-case environment variable.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub host: IpAddr,
+    pub port: u16,
+    /// Upstream base URL without a trailing slash; request paths are appended to it.
+    pub openai_api_url: Url,
+    pub proxy_url: Option<ProxyUrl>,
+    /// Requests per minute per client IP; burst is the same number; 0 disables limiting.
+    pub rate_limit: u32,
+    pub cache_ttl: Duration,
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub shutdown_timeout: Duration,
+    /// Cache capacity in bytes (MAX_CACHE_SIZE is given in MB).
+    pub max_cache_size_bytes: u64,
+    /// Largest single response that is stored; never more than the cache capacity.
+    pub max_entry_size_bytes: u64,
+    pub max_body_size_bytes: u64,
+    pub admin_token: Option<SecretString>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub log_format: LogFormat,
+}
+
+/// An outbound proxy URL. The full URL may carry credentials, so it is kept secret;
+/// only the redacted form is ever shown.
+#[derive(Clone)]
+pub struct ProxyUrl {
+    url: SecretString,
+    redacted: String,
+}
+
+impl ProxyUrl {
+    /// The URL with any user name and password replaced by `***`.
+    pub fn redacted(&self) -> &str {
+        &self.redacted
+    }
+
+    /// The real URL, credentials included. Never log it.
+    pub fn expose(&self) -> &str {
+        secrecy::ExposeSecret::expose_secret(&self.url)
+    }
+}
+
+impl fmt::Debug for ProxyUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// A configuration error: names the variable, what was expected and (for non-secrets) the value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid configuration: {variable} {expected}{}", value_suffix(.value))]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub expected: String,
+    /// `None` for secrets, whose value must never be printed.
+    pub value: Option<String>,
+}
+
+fn value_suffix(value: &Option<String>) -> String {
+    match value {
+        Some(v) => format!(", got {v:?}"),
+        None => String::new(),
+    }
+}
+
+/// Every variable as text; envy maps `RATE_LIMIT` to `rate_limit`. Parsing is ours so that
+/// each error names its variable the same way.
+#[derive(Deserialize, Default)]
+struct RawConfig {
+    host: Option<String>,
+    port: Option<String>,
+    openai_api_url: Option<String>,
+    proxy_url: Option<String>,
+    rate_limit: Option<String>,
+    cache_ttl: Option<String>,
+    request_timeout: Option<String>,
+    connect_timeout: Option<String>,
+    shutdown_timeout: Option<String>,
+    max_cache_size: Option<String>,
+    max_entry_size_bytes: Option<String>,
+    max_body_size_bytes: Option<String>,
+    admin_token: Option<String>,
+    trusted_proxies: Option<String>,
+    log_format: Option<String>,
+}
+
+/// The variables this program reads, in README order. A test checks each is documented.
+pub const VARIABLES: &[&str] = &[
+    "PORT",
+    "HOST",
+    "OPENAI_API_URL",
+    "PROXY_URL",
+    "RATE_LIMIT",
+    "CACHE_TTL",
+    "REQUEST_TIMEOUT",
+    "CONNECT_TIMEOUT",
+    "MAX_CACHE_SIZE",
+    "MAX_ENTRY_SIZE_BYTES",
+    "MAX_BODY_SIZE_BYTES",
+    "ADMIN_TOKEN",
+    "TRUSTED_PROXIES",
+    "LOG_FORMAT",
+    "SHUTDOWN_TIMEOUT",
+];
+
+impl Config {
+    /// Reads and validates the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_iter(std::env::vars())
+    }
+
+    /// Reads and validates the given variables (tests use this instead of the process env).
+    pub fn from_iter<I, K, V>(vars: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        // An empty value means unset (as `docker run -e VAR=` gives), except for ADMIN_TOKEN,
+        // where an empty value is refused rather than silently opening the admin endpoints.
+        let vars = vars
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .filter(|(k, v): &(String, String)| !v.is_empty() || k == "ADMIN_TOKEN");
+        let raw: RawConfig = envy::from_iter(vars).map_err(|e| ConfigError {
+            variable: "environment",
+            expected: format!("could not be read: {e}"),
+            value: None,
+        })?;
+        raw.validate()
+    }
+
+    /// Socket address to listen on.
+    pub fn listen_addr(&self) -> (IpAddr, u16) {
+        (self.host, self.port)
+    }
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, ConfigError> {
+        let max_cache_size_mb = parse_num::<u64>(
+            "MAX_CACHE_SIZE",
+            self.max_cache_size,
+            100,
+            "must be a whole number of megabytes, at least 1",
+        )?;
+        if max_cache_size_mb == 0 {
+            return Err(err(
+                "MAX_CACHE_SIZE",
+                "must be a whole number of megabytes, at least 1",
+                "0",
+            ));
+        }
+        let max_cache_size_bytes = max_cache_size_mb.checked_mul(MB).ok_or_else(|| {
+            err(
+                "MAX_CACHE_SIZE",
+                "is too large",
+                &max_cache_size_mb.to_string(),
+            )
+        })?;
+        let max_entry_size_bytes = parse_positive(
+            "MAX_ENTRY_SIZE_BYTES",
+            self.max_entry_size_bytes,
+            10 * MB,
+            "must be a positive whole number of bytes",
+        )?
+        .min(max_cache_size_bytes);
+
+        Ok(Config {
+            host: parse_num(
+                "HOST",
+                self.host,
+                IpAddr::from([0, 0, 0, 0]),
+                "must be an IP address to listen on (e.g. 0.0.0.0 or ::)",
+            )?,
+            port: parse_num("PORT", self.port, 8080, "must be a port number 0-65535")?,
+            openai_api_url: parse_upstream(self.openai_api_url)?,
+            proxy_url: self.proxy_url.map(parse_proxy).transpose()?,
+            rate_limit: parse_num(
+                "RATE_LIMIT",
+                self.rate_limit,
+                60,
+                "must be a whole number of requests per minute (0 disables)",
+            )?,
+            cache_ttl: parse_duration("CACHE_TTL", self.cache_ttl, Duration::from_secs(300))?,
+            request_timeout: parse_duration(
+                "REQUEST_TIMEOUT",
+                self.request_timeout,
+                Duration::from_secs(30),
+            )?,
+            connect_timeout: parse_duration(
+                "CONNECT_TIMEOUT",
+                self.connect_timeout,
+                Duration::from_secs(5),
+            )?,
+            shutdown_timeout: parse_duration(
+                "SHUTDOWN_TIMEOUT",
+                self.shutdown_timeout,
+                Duration::from_secs(30),
+            )?,
+            max_cache_size_bytes,
+            max_entry_size_bytes,
+            max_body_size_bytes: parse_positive(
+                "MAX_BODY_SIZE_BYTES",
+                self.max_body_size_bytes,
+                10 * MB,
+                "must be a positive whole number of bytes",
+            )?,
+            admin_token: parse_admin_token(self.admin_token)?,
+            trusted_proxies: parse_trusted(self.trusted_proxies)?,
+            log_format: match self.log_format.as_deref().map(str::trim) {
+                None | Some("json") => LogFormat::Json,
+                Some("pretty") => LogFormat::Pretty,
+                Some(other) => return Err(err("LOG_FORMAT", "must be json or pretty", other)),
+            },
+        })
+    }
+}
+
+fn err(variable: &'static str, expected: &str, value: &str) -> ConfigError {
+    ConfigError {
+        variable,
+        expected: expected.to_owned(),
+        value: Some(value.to_owned()),
+    }
+}
+
+fn parse_num<T: std::str::FromStr>(
+    variable: &'static str,
+    raw: Option<String>,
+    default: T,
+    expected: &str,
+) -> Result<T, ConfigError> {
+    match raw {
+        None => Ok(default),
+        Some(s) => s.trim().parse().map_err(|_| err(variable, expected, &s)),
+    }
+}
+
+fn parse_positive(
+    variable: &'static str,
+    raw: Option<String>,
+    default: u64,
+    expected: &str,
+) -> Result<u64, ConfigError> {
+    match parse_num(variable, raw, default, expected)? {
+        0 => Err(err(variable, expected, "0")),
+        n => Ok(n),
+    }
+}
+
+fn parse_duration(
+    variable: &'static str,
+    raw: Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let expected = "must be a positive duration such as 30s, 5m or 1h30m";
+    let Some(s) = raw else { return Ok(default) };
+    match humantime::parse_duration(s.trim()) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(err(variable, expected, &s)),
+    }
+}
+
+fn parse_upstream(raw: Option<String>) -> Result<Url, ConfigError> {
+    const VAR: &str = "OPENAI_API_URL";
+    let expected = "must be an absolute http:// or https:// URL such as https://api.openai.com";
+    let Some(s) = raw else {
+        return Ok(Url::parse("https://api.openai.com").expect("the default upstream URL parses"));
+    };
+    let mut url = Url::parse(s.trim()).map_err(|_| err(VAR, expected, &s))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(err(VAR, expected, &s));
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err(err(
+            VAR,
+            "must not carry a query, fragment or credentials",
+            &s,
+        ));
+    }
+    let trimmed = url.path().trim_end_matches('/').to_owned();
+    url.set_path(&trimmed);
+    Ok(url)
+}
+
+fn parse_proxy(s: String) -> Result<ProxyUrl, ConfigError> {
+    let expected = "must be an http:// proxy URL such as http://user:password@host:3128";
+    let url = Url::parse(s.trim());
+    let redacted = match &url {
+        Ok(u) => redact(u),
+        // Unparseable input may still hold a password: show nothing of it.
+        Err(_) => String::from("(unparseable, not shown)"),
+    };
+    let bad = || ConfigError {
+        variable: "PROXY_URL",
+        expected: expected.to_owned(),
+        value: Some(redacted.clone()),
+    };
+    let url = url.map_err(|_| bad())?;
+    if url.scheme() != "http" || url.host_str().is_none() {
+        return Err(bad());
+    }
+    Ok(ProxyUrl {
+        url: SecretString::from(s.trim().to_owned()),
+        redacted,
+    })
+}
+
+/// `http://user:pw@host:3128` → `http://***@host:3128`.
+fn redact(url: &Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    let port = url
+        .port_or_known_default()
+        .map(|p| format!(":{p}"))
+        .unwrap_or_default();
+    let creds = if url.username().is_empty() && url.password().is_none() {
+        ""
+    } else {
+        "***@"
+    };
+    format!("{}://{creds}{host}{port}", url.scheme())
+}
+
+fn parse_admin_token(raw: Option<String>) -> Result<Option<SecretString>, ConfigError> {
+    match raw {
+        None => Ok(None),
+        Some(s) if s.trim().is_empty() => Err(ConfigError {
+            variable: "ADMIN_TOKEN",
+            expected: "must not be empty (unset it to leave the admin endpoints open)".into(),
+            value: None,
+        }),
+        Some(s) => Ok(Some(SecretString::from(s))),
+    }
+}
+
+fn parse_trusted(raw: Option<String>) -> Result<Vec<IpNet>, ConfigError> {
+    let Some(s) = raw else { return Ok(Vec::new()) };
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<IpNet>()
+                .or_else(|_| p.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    err(
+                        "TRUSTED_PROXIES",
+                        "must be a comma-separated list of CIDRs or IPs such as 10.0.0.0/8,127.0.0.1",
+                        p,
+                    )
+                })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_iter(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn defaults_match_the_go_service() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.host.to_string(), "0.0.0.0");
+        assert_eq!(c.openai_api_url.as_str(), "https://api.openai.com/");
+        assert_eq!(c.rate_limit, 60);
+        assert_eq!(c.cache_ttl, Duration::from_secs(300));
+        assert_eq!(c.request_timeout, Duration::from_secs(30));
+        assert_eq!(c.max_cache_size_bytes, 100 * MB);
+        assert_eq!(c.max_body_size_bytes, 10_485_760);
+        assert!(c.admin_token.is_none() && c.proxy_url.is_none());
+        assert_eq!(c.log_format, LogFormat::Json);
+    }
+
+    #[test]
+    fn upstream_path_prefix_loses_its_trailing_slash() {
+        let c = parse(&[("OPENAI_API_URL", "http://h:9000/openai/")]).unwrap();
+        assert_eq!(c.openai_api_url.path(), "/openai");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable_and_the_value() {
+        for (var, value) in [
+            ("RATE_LIMIT", "abc"),
+            ("CACHE_TTL", "forever"),
+            ("OPENAI_API_URL", "not-a-url"),
+            ("MAX_CACHE_SIZE", "0"),
+            ("TRUSTED_PROXIES", "10.0.0.0/33"),
+            ("LOG_FORMAT", "xml"),
+        ] {
+            let e = parse(&[(var, value)]).unwrap_err();
+            assert_eq!(e.variable, var);
+            assert!(e.to_string().contains(value), "{e}");
+        }
+    }
+
+    #[test]
+    fn proxy_errors_never_show_the_password() {
+        let e = parse(&[("PROXY_URL", "ftp://bob:hunter2@x:21")]).unwrap_err();
+        assert_eq!(e.variable, "PROXY_URL");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        assert!(e.to_string().contains("ftp://***@x:21"), "{e}");
+    }
+
+    #[test]
+    fn proxy_url_is_shown_redacted() {
+        let c = parse(&[("PROXY_URL", "http://bob:hunter2@proxy:3128")]).unwrap();
+        let p = c.proxy_url.unwrap();
+        assert_eq!(p.redacted(), "http://***@proxy:3128");
+        assert_eq!(format!("{p:?}"), "http://***@proxy:3128");
+    }
+
+    #[test]
+    fn entry_limit_never_exceeds_capacity() {
+        let c = parse(&[
+            ("MAX_CACHE_SIZE", "1"),
+            ("MAX_ENTRY_SIZE_BYTES", "99999999"),
+        ])
+        .unwrap();
+        assert_eq!(c.max_entry_size_bytes, MB);
+    }
+
+    #[test]
+    fn trusted_proxies_accept_cidrs_and_bare_ips() {
+        let c = parse(&[("TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1,::1")]).unwrap();
+        assert_eq!(c.trusted_proxies.len(), 3);
+    }
+
+    #[test]
+    fn every_variable_is_in_the_readme_table() {
+        let readme = include_str!("../README.md");
+        let env_example = include_str!("../.env.example");
+        for var in VARIABLES {
+            assert!(
+                readme.contains(&format!("| `{var}` |")),
+                "{var} not in README table"
+            );
+            assert!(
+                env_example.contains(&format!("{var}=")),
+                "{var} not in .env.example"
+            );
+        }
+    }
+}

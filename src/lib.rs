@@ -1,0 +1,17 @@
+//! openai-cache-proxy: a caching proxy for the OpenAI API.
+
+pub mod cache;
+mod client_ip;
+pub mod config;
+pub mod errors;
+pub mod headers;
+pub mod metrics;
+mod middleware;
+mod routes;
+pub mod startup;
+pub mod telemetry;
+mod upstream;
+
+pub use config::{Config, ConfigError};
+pub use errors::ProxyError;
+pub use startup::Application;

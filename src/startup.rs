@@ -1,0 +1,100 @@
+//! `Application`: binds the listener, builds the shared state once, and runs the server.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpServer, web};
+use tracing_actix_web::TracingLogger;
+
+use crate::cache::CacheStore;
+use crate::config::Config;
+use crate::errors::not_found;
+use crate::metrics::Metrics;
+use crate::middleware::{Limiter, access_log, new_limiter, prune_idle};
+use crate::routes;
+use crate::upstream::{build_client, tls_config};
+
+/// How often idle rate-limit buckets are forgotten.
+const LIMITER_PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Process-wide state, built once and shared by every worker (never one per worker:
+/// that would split the hit rate and multiply per-IP limits by the worker count).
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub cache: CacheStore,
+    pub limiter: Option<Arc<Limiter>>,
+    pub metrics: Arc<Metrics>,
+    /// OPENAI_API_URL without a trailing slash; request paths are appended to it.
+    pub upstream_base: String,
+    pub started_at: Instant,
+}
+
+pub struct Application {
+    port: u16,
+    server: Server,
+}
+
+impl Application {
+    /// Binds HOST:PORT (port 0 picks a free one) and prepares the server.
+    pub fn build(config: Config) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(config.listen_addr())?;
+        let port = listener.local_addr()?.port();
+        let metrics = Arc::new(Metrics::default());
+        let limiter = new_limiter(config.rate_limit);
+        if let Some(limiter) = &limiter {
+            tokio::spawn(prune_idle(Arc::downgrade(limiter), LIMITER_PRUNE_EVERY));
+        }
+        let state = web::Data::new(AppState {
+            cache: CacheStore::new(
+                config.max_cache_size_bytes,
+                config.max_entry_size_bytes,
+                config.cache_ttl,
+                metrics.clone(),
+            ),
+            limiter,
+            metrics,
+            upstream_base: config
+                .openai_api_url
+                .as_str()
+                .trim_end_matches('/')
+                .to_owned(),
+            started_at: Instant::now(),
+            config: Arc::new(config),
+        });
+        let tls = tls_config();
+        let shutdown = state.config.shutdown_timeout.as_secs().max(1);
+        tracing::info!(
+            port,
+            upstream = %state.upstream_base,
+            proxy = state.config.proxy_url.as_ref().map(|p| p.redacted()),
+            "openai-cache-proxy listening"
+        );
+        let server = HttpServer::new(move || {
+            let client = build_client(&state.config, tls.clone());
+            App::new()
+                .app_data(state.clone())
+                .app_data(web::Data::new(client))
+                .configure(routes::configure)
+                .default_service(web::to(not_found))
+                .wrap(from_fn(access_log))
+                .wrap(TracingLogger::default())
+        })
+        .listen(listener)?
+        .shutdown_timeout(shutdown)
+        .run();
+        Ok(Self { port, server })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until SIGTERM/SIGINT, then stops accepting and lets in-flight requests finish
+    /// for up to SHUTDOWN_TIMEOUT.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+}

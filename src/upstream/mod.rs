@@ -1,0 +1,7 @@
+//! Everything about talking to the upstream API.
+
+mod client;
+mod relay;
+
+pub use client::{build_client, tls_config, upstream_error};
+pub use relay::recording_stream;

@@ -1,0 +1,272 @@
+//! Cache behaviour: what is stored, how it is keyed, how it ends.
+
+use std::time::Duration;
+
+use wiremock::matchers::{header, method, path};
+use wiremock::{Mock, ResponseTemplate};
+
+use crate::helpers::{CHAT_ANSWER, CHAT_BODY, eventually, spawn_app, x_cache};
+
+fn chat_ok() -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_raw(CHAT_ANSWER, "application/json")
+}
+
+#[tokio::test]
+async fn identical_requests_are_served_from_cache() {
+    let app = spawn_app(&[]).await;
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(chat_ok().insert_header("openai-processing-ms", "42"))
+        .expect(1)
+        .mount(&app.upstream)
+        .await;
+
+    let first = app
+        .post_json("/v1/chat/completions", "sk-a", CHAT_BODY)
+        .await;
+    assert_eq!(first.status(), 200);
+    assert_eq!(x_cache(&first), "MISS");
+    assert!(first.headers().get("x-cache-timestamp").is_none());
+    let first_type = first.headers()["content-type"].clone();
+    let first_body = first.bytes().await.unwrap();
+
+    let second = app
+        .post_json("/v1/chat/completions", "sk-a", CHAT_BODY)
+        .await;
+    assert_eq!(second.status(), 200);
+    assert_eq!(x_cache(&second), "HIT");
+    assert_eq!(second.headers()["content-type"], first_type);
+    assert_eq!(second.headers()["openai-processing-ms"], "42");
+    assert_eq!(second.headers()["age"], "0");
+    let stamp = second.headers()["x-cache-timestamp"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    humantime::parse_rfc3339(&stamp).expect("X-Cache-Timestamp is RFC 3339");
+    assert!(
+        second.headers()["x-proxy"]
+            .to_str()
+            .unwrap()
+            .starts_with("openai-cache-proxy/")
+    );
+    assert_eq!(second.bytes().await.unwrap(), first_body);
+    assert_eq!(app.upstream_calls().await, 1);
+}
+
+#[tokio::test]
+async fn different_api_keys_never_share_an_entry() {
+    let app = spawn_app(&[]).await;
+    Mock::given(method("POST"))
+        .and(header("authorization", "Bearer sk-a"))
+        .respond_with(chat_ok().set_body_raw(r#"{"for":"a"}"#, "application/json"))
+        .mount(&app.upstream)
+        .await;
+    Mock::given(method("POST"))
+        .and(header("authorization", "Bearer sk-b"))
+        .respond_with(chat_ok().set_body_raw(r#"{"for":"b"}"#, "application/json"))
+        .mount(&app.upstream)
+        .await;
+
+    let a = app
+        .post_json("/v1/chat/completions", "sk-a", CHAT_BODY)
+        .await;
+    assert_eq!(x_cache(&a), "MISS");
+    let b = app
+        .post_json("/v1/chat/completions", "sk-b", CHAT_BODY)
+        .await;
+    assert_eq!(x_cache(&b), "MISS");
+    assert_eq!(b.text().await.unwrap(), r#"{"for":"b"}"#);
+    let a2 = app
+        .post_json("/v1/chat/completions", "sk-a", CHAT_BODY)
+        .await;
+    assert_eq!(x_cache(&a2), "HIT");
+    assert_eq!(a2.text().await.unwrap(), r#"{"for":"a"}"#);
+    assert_eq!(app.upstream_calls().await, 2);
+}
+
+#[tokio::test]
+async fn different_accept_encodings_get_separate_entries_and_bytes_pass_verbatim() {
+    let app = spawn_app(&[]).await;
+    // Not real gzip: the proxy must neither decode nor re-encode what the upstream sends.
+    let opaque = vec![0x1f, 0x8b, 0x08, 0x00, 0xde, 0xad, 0xbe, 0xef];
+    Mock::given(method("GET"))
+        .and(path("/v1/models"))
+        .and(header("accept-encoding", "gzip"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_raw(opaque.clone(), "application/json")
+                .insert_header("content-encoding", "gzip"),
+        )
+        .mount(&app.upstream)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v1/models"))
+        .and(header("accept-encoding", "identity"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(r#"{"data":[]}"#, "application/json"))
+        .mount(&app.upstream)
+        .await;
+
+    let get = |enc: &'static str| {
+        app.client
+            .get(app.url("/v1/models"))
+            .header("accept-encoding", enc)
+            .send()
+    };
+    let gz = get("gzip").await.unwrap();
+    assert_eq!(x_cache(&gz), "MISS");
+    assert_eq!(gz.headers()["content-encoding"], "gzip");
+    assert_eq!(gz.bytes().await.unwrap().as_ref(), opaque.as_slice());
+
+    let plain = get("identity").await.unwrap();
+    assert_eq!(
+        x_cache(&plain),
+        "MISS",
+        "a gzip entry must not serve an identity client"
+    );
+    assert!(plain.headers().get("content-encoding").is_none());
+    assert_eq!(plain.text().await.unwrap(), r#"{"data":[]}"#);
+
+    let gz2 = get("gzip").await.unwrap();
+    assert_eq!(x_cache(&gz2), "HIT");
+    assert_eq!(gz2.headers()["content-encoding"], "gzip");
+    assert_eq!(gz2.bytes().await.unwrap().as_ref(), opaque.as_slice());
+    assert_eq!(app.upstream_calls().await, 2);
+}
+
+#[tokio::test]
+async fn non_cacheable_requests_bypass_the_cache() {
+    let app = spawn_app(&[]).await;
+    Mock::given(method("POST"))
+        .respond_with(chat_ok())
+        .expect(4)
+        .mount(&app.upstream)
+        .await;
+
+    for _ in 0..2 {
+        let res = app.post_json("/v1/files", "sk-a", "{}").await;
+        assert_eq!(res.status(), 200);
+        assert_eq!(x_cache(&res), "BYPASS");
+    }
+    // A cacheable endpoint, but the client asked not to use the cache.
+    for _ in 0..2 {
+        let res = app
+            .client
+            .post(app.url("/v1/embeddings"))
+            .header("cache-control", "no-cache")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(x_cache(&res), "BYPASS");
+    }
+    assert_eq!(app.stats(None).await["cache"]["bypasses"], 4);
+}
+
+#[tokio::test]
+async fn upstream_errors_pass_through_untouched_and_are_never_cached() {
+    for status in [400u16, 401, 429, 500, 503] {
+        let app = spawn_app(&[]).await;
+        let body = format!(
+            r#"{{"error":{{"message":"upstream says {status}","type":"x","param":null,"code":null}}}}"#
+        );
+        Mock::given(method("POST"))
+            .respond_with(
+                ResponseTemplate::new(status)
+                    .set_body_raw(body.clone(), "application/json")
+                    .insert_header("retry-after", "7"),
+            )
+            .expect(2)
+            .mount(&app.upstream)
+            .await;
+        for _ in 0..2 {
+            let res = app
+                .post_json("/v1/chat/completions", "sk-a", CHAT_BODY)
+                .await;
+            assert_eq!(res.status(), status);
+            assert_eq!(x_cache(&res), "MISS");
+            assert_eq!(res.headers()["retry-after"], "7");
+            assert_eq!(res.text().await.unwrap(), body);
+        }
+        assert_eq!(app.stats(None).await["cache"]["stores"], 0);
+    }
+}
+
+#[tokio::test]
+async fn entries_expire_after_the_ttl() {
+    let app = spawn_app(&[("CACHE_TTL", "300ms")]).await;
+    Mock::given(method("POST"))
+        .respond_with(chat_ok())
+        .mount(&app.upstream)
+        .await;
+    let first = app.post_json("/v1/embeddings", "sk-a", "{}").await;
+    assert_eq!(x_cache(&first), "MISS");
+    // Within the TTL it hits at least once; after it, it misses again.
+    eventually(Duration::from_secs(10), "the entry to expire", || async {
+        let res = app.post_json("/v1/embeddings", "sk-a", "{}").await;
+        (x_cache(&res) == "MISS").then_some(())
+    })
+    .await;
+    let stats = app.stats(None).await;
+    assert!(stats["cache"]["stores"].as_u64().unwrap() >= 2, "{stats}");
+}
+
+#[tokio::test]
+async fn the_cache_stays_within_its_byte_bound() {
+    let app = spawn_app(&[("MAX_CACHE_SIZE", "1")]).await;
+    let big = "x".repeat(100 * 1024);
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(big.clone(), "application/json"))
+        .mount(&app.upstream)
+        .await;
+    // 40 distinct 100 KiB answers: four times the 1 MiB capacity.
+    for i in 0..40 {
+        let res = app
+            .post_json("/v1/embeddings", "sk-a", &format!(r#"{{"i":{i}}}"#))
+            .await;
+        assert_eq!(x_cache(&res), "MISS");
+        assert_eq!(res.bytes().await.unwrap().len(), big.len());
+    }
+    let stats = app.stats(None).await;
+    let cache = &stats["cache"];
+    let size = cache["size_bytes"].as_u64().unwrap();
+    let max = cache["max_size_bytes"].as_u64().unwrap();
+    assert_eq!(max, 1024 * 1024);
+    assert!(size <= max, "size {size} > max {max}");
+    assert!(size > max / 2, "the cache is used, not emptied: {stats}");
+    assert_eq!(cache["stores"], 40);
+    assert!(cache["evictions"].as_u64().unwrap() >= 30, "{stats}");
+    assert!(cache["item_count"].as_u64().unwrap() <= 10, "{stats}");
+    // The newest entry was admitted (LRU), so repeating it is a hit.
+    let again = app.post_json("/v1/embeddings", "sk-a", r#"{"i":39}"#).await;
+    assert_eq!(x_cache(&again), "HIT");
+}
+
+#[tokio::test]
+async fn responses_over_the_entry_limit_are_served_but_not_stored() {
+    let app = spawn_app(&[("MAX_ENTRY_SIZE_BYTES", "1000")]).await;
+    let big = "y".repeat(5000);
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(big.clone(), "application/json"))
+        .expect(2)
+        .mount(&app.upstream)
+        .await;
+    for _ in 0..2 {
+        let res = app.post_json("/v1/embeddings", "sk-a", "{}").await;
+        assert_eq!(x_cache(&res), "MISS");
+        assert_eq!(res.text().await.unwrap(), big);
+    }
+}
+
+#[tokio::test]
+async fn set_cookie_is_not_replayed_from_the_cache() {
+    let app = spawn_app(&[]).await;
+    Mock::given(method("GET"))
+        .respond_with(chat_ok().insert_header("set-cookie", "session=abc"))
+        .mount(&app.upstream)
+        .await;
+    let first = app.client.get(app.url("/v1/models")).send().await.unwrap();
+    assert_eq!(first.headers()["set-cookie"], "session=abc");
+    let hit = app.client.get(app.url("/v1/models")).send().await.unwrap();
+    assert_eq!(x_cache(&hit), "HIT");
+    assert!(hit.headers().get("set-cookie").is_none());
+}

@@ -1,0 +1,129 @@
+//! The binary itself: start-up validation, and graceful shutdown.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::helpers::{client, closed_port, eventually};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_openai-cache-proxy");
+
+/// The binary with a clean environment plus `vars`.
+pub fn command(vars: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BINARY);
+    cmd.env_clear()
+        .envs(vars.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+#[tokio::test]
+async fn bad_environment_values_stop_the_process_with_exit_code_2() {
+    for (var, value, shown) in [
+        ("RATE_LIMIT", "abc", Some("abc")),
+        ("CACHE_TTL", "forever", Some("forever")),
+        ("OPENAI_API_URL", "not-a-url", Some("not-a-url")),
+        ("PROXY_URL", "ftp://x", Some("ftp://x")),
+        ("MAX_CACHE_SIZE", "0", Some("0")),
+        ("PORT", "99999", Some("99999")),
+        ("TRUSTED_PROXIES", "10.0.0.0/99", Some("10.0.0.0/99")),
+        ("LOG_FORMAT", "xml", Some("xml")),
+        ("ADMIN_TOKEN", " ", None),
+        ("RUST_LOG", "[[[", Some("[[[")),
+        ("PROXY_URL", "socks5://user:s3cr3t@host:1080", None),
+    ] {
+        let out = tokio::time::timeout(
+            Duration::from_secs(10),
+            command(&[
+                (var, value),
+                ("PORT", if var == "PORT" { value } else { "0" }),
+            ])
+            .output(),
+        )
+        .await
+        .expect("the process exits promptly")
+        .expect("the binary runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{var}={value}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(var), "{var} not named: {stderr}");
+        assert!(stderr.contains("must"), "no expectation given: {stderr}");
+        if let Some(shown) = shown {
+            assert!(stderr.contains(shown), "{var}: value not shown: {stderr}");
+        }
+        assert!(!stderr.contains("s3cr3t"), "secret leaked: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish() {
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string("finished")
+                .set_delay(Duration::from_millis(1500)),
+        )
+        .mount(&upstream)
+        .await;
+    let port = closed_port().to_string();
+    let mut child = command(&[
+        ("PORT", &port),
+        ("HOST", "127.0.0.1"),
+        ("OPENAI_API_URL", &upstream.uri()),
+    ])
+    .spawn()
+    .expect("the binary starts");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = client();
+    eventually(Duration::from_secs(10), "the proxy to listen", || async {
+        http.get(format!("{base}/health"))
+            .send()
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+
+    let in_flight = tokio::spawn({
+        let http = http.clone();
+        let url = format!("{base}/v1/files");
+        async move { http.post(url).body("x").send().await?.text().await }
+    });
+    // Signal only once the request is inside the upstream call.
+    eventually(
+        Duration::from_secs(10),
+        "the request to reach the upstream",
+        || async { (!upstream.received_requests().await.unwrap().is_empty()).then_some(()) },
+    )
+    .await;
+    let pid = child.id().expect("running").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+
+    assert_eq!(
+        in_flight
+            .await
+            .unwrap()
+            .expect("in-flight request completes"),
+        "finished"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("the process exits after draining")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        http.get(format!("{base}/health")).send().await.is_err(),
+        "still accepting"
+    );
+}

@@ -1,0 +1,106 @@
+//! The proxy's own errors: right status, OpenAI-style JSON, safe messages.
+
+use std::time::Duration;
+
+use wiremock::matchers::method;
+use wiremock::{Mock, ResponseTemplate};
+
+use crate::helpers::{
+    CHAT_BODY, assert_openai_error, client, closed_port, raw_request, spawn_app, spawn_proxy,
+};
+
+#[tokio::test]
+async fn a_closed_upstream_port_gives_502() {
+    let upstream = format!("http://127.0.0.1:{}", closed_port());
+    let address = spawn_proxy(&upstream, &[]);
+    for path in ["/v1/chat/completions", "/v1/files"] {
+        let res = client()
+            .post(format!("{address}{path}"))
+            .bearer_auth("sk-secret-key")
+            .body(CHAT_BODY)
+            .send()
+            .await
+            .unwrap();
+        let body = assert_openai_error(res, 502, "upstream_unavailable").await;
+        let text = body.to_string();
+        assert!(
+            !text.contains("127.0.0.1") && !text.contains("sk-secret-key"),
+            "{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_slow_upstream_gives_504_after_the_request_timeout() {
+    let app = spawn_app(&[("REQUEST_TIMEOUT", "200ms")]).await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(30)))
+        .mount(&app.upstream)
+        .await;
+    for path in ["/v1/chat/completions", "/v1/files"] {
+        let res = app.post_json(path, "sk-a", CHAT_BODY).await;
+        assert_openai_error(res, 504, "upstream_timeout").await;
+    }
+}
+
+#[tokio::test]
+async fn an_oversized_cacheable_body_gets_413_and_never_reaches_the_upstream() {
+    let app = spawn_app(&[("MAX_BODY_SIZE_BYTES", "1000")]).await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(0)
+        .mount(&app.upstream)
+        .await;
+    let big = "z".repeat(2000);
+    let res = app.post_json("/v1/chat/completions", "sk-a", &big).await;
+    assert_openai_error(res, 413, "payload_too_large").await;
+
+    // Without Content-Length (chunked), the limit holds while reading.
+    let chunks: Vec<Result<String, std::io::Error>> =
+        vec![Ok("a".repeat(600)), Ok("b".repeat(600))];
+    let res = app
+        .client
+        .post(app.url("/v1/embeddings"))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_openai_error(res, 413, "payload_too_large").await;
+    assert_eq!(app.upstream_calls().await, 0);
+}
+
+#[tokio::test]
+async fn unknown_paths_get_a_json_404() {
+    let app = spawn_app(&[]).await;
+    for path in [
+        "/",
+        "/v2/models",
+        "/stats/extra",
+        "/v1x/models",
+        "//v1/models",
+    ] {
+        let res = app.client.get(app.url(path)).send().await.unwrap();
+        assert_openai_error(res, 404, "not_found").await;
+    }
+    assert_eq!(app.upstream_calls().await, 0);
+}
+
+#[tokio::test]
+async fn dot_segments_cannot_climb_out_of_v1() {
+    let app = spawn_app(&[]).await;
+    // Sent raw: HTTP client libraries normalise these paths before sending.
+    for path in [
+        "/v1/../stats",
+        "/v1/%2e%2e/stats",
+        "/v1/%2E%2E/cache",
+        "/v1/models/%2e%2e/%2e%2e/admin",
+        "/v1/./models",
+    ] {
+        let (status, body) = raw_request(&app.address, "GET", path).await;
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains("invalid_request"), "{path}: {body}");
+    }
+    assert_eq!(app.upstream_calls().await, 0);
+}

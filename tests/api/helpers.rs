@@ -1,0 +1,176 @@
+//! `spawn_app`: a fresh proxy on port 0 in front of a fresh recording mock upstream.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use openai_cache_proxy::{Application, Config, config::LogFormat, telemetry};
+use wiremock::MockServer;
+
+static TRACING: LazyLock<()> = LazyLock::new(|| {
+    let filter = telemetry::env_filter(None, "info").expect("default filter parses");
+    if std::env::var("TEST_LOG").is_ok() {
+        telemetry::init(LogFormat::Pretty, filter, std::io::stdout);
+    } else {
+        telemetry::init(LogFormat::Pretty, filter, std::io::sink);
+    }
+});
+
+pub struct TestApp {
+    pub address: String,
+    pub upstream: MockServer,
+    pub client: reqwest::Client,
+}
+
+/// Starts the proxy against a new `MockServer`. `overrides` are environment-style pairs
+/// layered over the test defaults (rate limiting off, upstream = the mock).
+pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
+    let upstream = MockServer::start().await;
+    let uri = upstream.uri();
+    let address = spawn_proxy(&uri, overrides);
+    TestApp {
+        address,
+        upstream,
+        client: client(),
+    }
+}
+
+/// Starts the proxy in front of `upstream_url`; returns its base address.
+pub fn spawn_proxy(upstream_url: &str, overrides: &[(&str, &str)]) -> String {
+    LazyLock::force(&TRACING);
+    let mut vars = vec![
+        ("HOST", "127.0.0.1"),
+        ("PORT", "0"),
+        ("RATE_LIMIT", "0"),
+        ("OPENAI_API_URL", upstream_url),
+    ];
+    vars.retain(|(k, _)| !overrides.iter().any(|(o, _)| o == k));
+    vars.extend_from_slice(overrides);
+    let config = Config::from_iter(vars).expect("test configuration is valid");
+    let app = Application::build(config).expect("the app binds to a free port");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped());
+    address
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .expect("reqwest client builds")
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    /// POSTs a JSON body to the proxy with the given API key.
+    pub async fn post_json(&self, path: &str, key: &str, body: &str) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .expect("request reaches the proxy")
+    }
+
+    pub async fn upstream_calls(&self) -> usize {
+        self.upstream
+            .received_requests()
+            .await
+            .expect("request recording is on")
+            .len()
+    }
+
+    pub async fn stats(&self, token: Option<&str>) -> serde_json::Value {
+        let mut req = self.client.get(self.url("/stats"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let res = req.send().await.expect("stats reachable");
+        assert_eq!(res.status(), 200);
+        res.json().await.expect("stats is JSON")
+    }
+}
+
+pub fn x_cache(res: &reqwest::Response) -> &str {
+    res.headers()
+        .get("x-cache")
+        .map(|v| v.to_str().unwrap())
+        .unwrap_or("<none>")
+}
+
+/// Asserts an OpenAI-style error body and returns it.
+pub async fn assert_openai_error(
+    res: reqwest::Response,
+    status: u16,
+    code: &str,
+) -> serde_json::Value {
+    assert_eq!(res.status(), status);
+    let body: serde_json::Value = res.json().await.expect("error body is JSON");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(body["error"]["message"].is_string(), "{body}");
+    assert!(body["error"]["type"].is_string(), "{body}");
+    assert!(body["error"]["param"].is_null(), "{body}");
+    body
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, failing after `deadline`.
+pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A port with nothing listening on it.
+pub fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr").port()
+}
+
+pub const CHAT_BODY: &str =
+    r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#;
+pub const CHAT_ANSWER: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hello"},"finish_reason":"stop"}]}"#;
+
+/// Sends one request line exactly as given (no client-side path normalisation) and returns
+/// the status code and the body.
+pub async fn raw_request(address: &str, method: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let host = address.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(host)
+        .await
+        .expect("proxy reachable");
+    let head = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .expect("request written");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.expect("response read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status line");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}

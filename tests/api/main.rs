@@ -1,0 +1,11 @@
+//! All black-box API tests, linked into one binary.
+
+mod cache;
+mod config;
+mod errors;
+mod helpers;
+mod logging;
+mod ops;
+mod proxy;
+mod rate_limit;
+mod streaming;
