@@ -127,11 +127,11 @@ pub const VARIABLES: &[&str] = &[
 impl Config {
     /// Reads and validates the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_iter(std::env::vars())
+        Self::from_vars(std::env::vars())
     }
 
     /// Reads and validates the given variables (tests use this instead of the process env).
-    pub fn from_iter<I, K, V>(vars: I) -> Result<Self, ConfigError>
+    pub fn from_vars<I, K, V>(vars: I) -> Result<Self, ConfigError>
     where
         I: IntoIterator<Item = (K, V)>,
         K: Into<String>,
@@ -379,7 +379,7 @@ mod tests {
     use super::*;
 
     fn parse(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        Config::from_iter(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+        Config::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
     }
 
     #[test]

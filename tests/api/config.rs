@@ -3,6 +3,8 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use tokio::process::Command;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
@@ -103,12 +105,8 @@ async fn sigterm_lets_in_flight_requests_finish() {
         || async { (!upstream.received_requests().await.unwrap().is_empty()).then_some(()) },
     )
     .await;
-    let pid = child.id().expect("running").to_string();
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    let pid = Pid::from_raw(i32::try_from(child.id().expect("running")).unwrap());
+    kill(pid, Signal::SIGTERM).expect("SIGTERM delivered");
 
     assert_eq!(
         in_flight

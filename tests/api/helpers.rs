@@ -45,7 +45,7 @@ pub fn spawn_proxy(upstream_url: &str, overrides: &[(&str, &str)]) -> String {
     ];
     vars.retain(|(k, _)| !overrides.iter().any(|(o, _)| o == k));
     vars.extend_from_slice(overrides);
-    let config = Config::from_iter(vars).expect("test configuration is valid");
+    let config = Config::from_vars(vars).expect("test configuration is valid");
     let app = Application::build(config).expect("the app binds to a free port");
     let address = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped());

@@ -1,0 +1,44 @@
+# openai-cache-proxy: the same steps CI runs (.ci/run), one target each.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+.PHONY: help run test test-deps lint fmt bench docker audit
+
+help:
+	@echo "make run    - build and run the proxy on :8080 (reads .env if present)"
+	@echo "make test   - install test dependencies, then run every test"
+	@echo "make lint   - cargo fmt --check and clippy with warnings denied"
+	@echo "make fmt    - format the code"
+	@echo "make bench  - cache-hit throughput vs a bare actix-web handler (release build, wrk)"
+	@echo "make docker - build the container image (needs a Docker engine)"
+
+run:
+	@set -a; [ -f .env ] && . ./.env; set +a; cargo run --release --bin openai-cache-proxy
+
+# Tools the tests use from the system. Installed with apt when running as root.
+test-deps:
+	@bash .ci/test-deps
+
+test: test-deps
+	@if cargo nextest --version >/dev/null 2>&1; then \
+		cargo nextest run --no-fail-fast; \
+	else \
+		echo "cargo-nextest not found; using cargo test"; cargo test --no-fail-fast; \
+	fi
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+bench:
+	bash tests/bench/run.sh
+
+docker:
+	docker build -t openai-cache-proxy .
+
+# Needs the RustSec advisory database from GitHub, which is not reachable everywhere.
+audit:
+	cargo audit
