@@ -85,9 +85,12 @@ wait_ready proxy "$PROXY_PID" "$PROXY/health"
 # --- Functional check: the numbers below must be real cache hits. ---
 BODY="$(sed -n "s/^wrk.body = '\(.*\)'$/\1/p" "$LUA")"
 [[ -n "$BODY" ]] || die "could not read wrk.body from $LUA"
+# Exactly the headers wrk sends (curl's Accept and User-Agent removed): Accept is part of the
+# cache key, so this warms the very entry the PROXY-HIT rounds read.
 post() { # url headers-file body-file
     "${CURL[@]}" --fail --request POST "$1/v1/chat/completions" \
         --header 'Content-Type: application/json' --header 'Authorization: Bearer sk-bench' \
+        --header 'Accept:' --header 'User-Agent:' \
         --data-binary "$BODY" --dump-header "$2" --output "$3"
 }
 upstream_count() { "${CURL[@]}" --fail "$UPSTREAM/count"; }
@@ -107,6 +110,13 @@ if [[ "$cache3" != "HIT" ]]; then
     die "3rd identical POST through the proxy: expected x-cache: HIT, got '${cache3:-<none>}'"
 fi
 [[ "$count2" == "$count3" ]] || die "upstream /count moved from $count2 to $count3 on a cache HIT"
+for f in direct p3; do
+    # A server that closes after each request measures reconnects, not request handling.
+    if tr -d '\r' <"$WORK/$f.h" | grep -qix 'connection: close'; then
+        cat "$WORK/$f.h" >&2
+        die "$f response has Connection: close; wrk would reconnect for every request"
+    fi
+done
 cmp -s "$WORK/direct.b" "$WORK/p3.b" ||
     die "HIT body ($(wc -c <"$WORK/p3.b") B) differs from upstream body ($(wc -c <"$WORK/direct.b") B)"
 echo "bench: functional check ok (x-cache: HIT, upstream count steady at $count3," \
@@ -138,7 +148,7 @@ for round in $(seq 1 "$ROUNDS"); do
     run_wrk PROXY-HIT "$PROXY" "$round"
     after="$(upstream_count)"
     [[ "$before" == "$after" ]] ||
-        echo "bench: WARNING: upstream served $((after - before)) requests during PROXY-HIT round $round" >&2
+        die "upstream served $((after - before)) requests during PROXY-HIT round $round: not all HITs"
 done
 
 python3 - "$WORK/results" "$SECONDS_PER_RUN" "$ROUNDS" <<'PY'

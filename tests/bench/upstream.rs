@@ -10,7 +10,9 @@ static SERVED: AtomicU64 = AtomicU64::new(0);
 /// About 1.4 KB, shaped like an OpenAI `chat.completion` object.
 const BODY: &str = r#"{"id":"chatcmpl-bench0000000000000000000000001","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"A caching proxy sits between a client and an upstream API and remembers answers. When a request arrives, the proxy computes a key from the method, the path, a small list of headers and the canonical body. If the key is already in the cache and the entry is still fresh, the stored response is returned at once, without contacting the upstream. Otherwise the request is forwarded, and a successful, non-streaming answer is stored under that key with a time to live, so that the next identical request is served locally. This saves money and latency for repeated prompts, such as test suites, evaluations and retries. It must never mix up callers, so the API key is part of the key, hashed rather than stored, and errors from the upstream are always passed through unchanged and never cached.","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":42,"completion_tokens":168,"total_tokens":210,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},"service_tier":"default","system_fingerprint":"fp_bench000"}"#;
 
-async fn completion() -> HttpResponse {
+/// Reads the request body: actix answers `Connection: close` to a request whose body is left
+/// unread, and a reconnect per request would make this ceiling far too low.
+async fn completion(_body: web::Bytes) -> HttpResponse {
     SERVED.fetch_add(1, Ordering::Relaxed);
     HttpResponse::Ok()
         .content_type("application/json")
