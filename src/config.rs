@@ -1,10 +1,16 @@
 //! Runtime configuration: read once from the environment, validated, then shared read-only.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use ipnet::IpNet;
+use percent_encoding::percent_decode_str;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use secrecy::SecretString;
 use serde::Deserialize;
 use url::Url;
@@ -18,7 +24,12 @@ pub struct Config {
     pub port: u16,
     /// Upstream base URL without a trailing slash; request paths are appended to it.
     pub openai_api_url: Url,
+    /// Outbound HTTP proxy: PROXY_URL, or with PROXY_FROM_ENV=true the usual HTTP(S)_PROXY.
     pub proxy_url: Option<ProxyUrl>,
+    /// Upstream hosts reached directly even when a proxy is set.
+    pub no_proxy: NoProxy,
+    /// Extra trust anchors from EXTRA_CA_FILE, added to the compiled-in Mozilla roots.
+    pub extra_ca_certs: Vec<CertificateDer<'static>>,
     /// Requests per minute per client IP; burst is the same number; 0 disables limiting.
     pub rate_limit: u32,
     pub cache_ttl: Duration,
@@ -35,11 +46,13 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
-/// An outbound proxy URL. The full URL may carry credentials, so it is kept secret;
-/// only the redacted form is ever shown.
+/// An outbound proxy, parsed from a URL that may carry credentials. Only the redacted form
+/// is ever shown; the credentials exist solely as a ready `Proxy-Authorization` value.
 #[derive(Clone)]
 pub struct ProxyUrl {
-    url: SecretString,
+    pub host: String,
+    pub port: u16,
+    basic_auth: Option<SecretString>,
     redacted: String,
 }
 
@@ -49,15 +62,61 @@ impl ProxyUrl {
         &self.redacted
     }
 
-    /// The real URL, credentials included. Never log it.
-    pub fn expose(&self) -> &str {
-        secrecy::ExposeSecret::expose_secret(&self.url)
+    /// `Basic <base64(user:password)>` (percent-decoded), if the URL had credentials.
+    pub fn basic_auth(&self) -> Option<&SecretString> {
+        self.basic_auth.as_ref()
     }
 }
 
 impl fmt::Debug for ProxyUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.redacted)
+    }
+}
+
+/// NO_PROXY: `*` for every host, otherwise domains (matching themselves and their
+/// subdomains, with or without a leading dot) and IP addresses (matching exactly).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NoProxy {
+    all: bool,
+    domains: Vec<String>,
+    ips: Vec<IpAddr>,
+}
+
+impl NoProxy {
+    pub fn parse(list: &str) -> Self {
+        let mut out = Self::default();
+        for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            if entry == "*" {
+                out.all = true;
+            } else if let Ok(ip) = entry.trim_matches(['[', ']']).parse::<IpAddr>() {
+                out.ips.push(ip);
+            } else {
+                // A port in an entry (`host:443`) is ignored: the host decides.
+                let host = entry.split(':').next().unwrap_or(entry);
+                out.domains
+                    .push(host.trim_start_matches('.').to_ascii_lowercase());
+            }
+        }
+        out
+    }
+
+    /// Should `host` (a name or an IP literal, possibly bracketed) bypass the proxy?
+    pub fn matches(&self, host: &str) -> bool {
+        if self.all {
+            return true;
+        }
+        let host = host.trim_matches(['[', ']']);
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return self.ips.contains(&ip);
+        }
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.domains.iter().any(|d| {
+            host == *d
+                || (host.len() > d.len()
+                    && host.ends_with(d.as_str())
+                    && host.as_bytes()[host.len() - d.len() - 1] == b'.')
+        })
     }
 }
 
@@ -103,6 +162,9 @@ struct RawConfig {
     admin_token: Option<String>,
     trusted_proxies: Option<String>,
     log_format: Option<String>,
+    no_proxy: Option<String>,
+    extra_ca_file: Option<String>,
+    proxy_from_env: Option<String>,
 }
 
 /// The variables this program reads, in README order. A test checks each is documented.
@@ -111,6 +173,9 @@ pub const VARIABLES: &[&str] = &[
     "HOST",
     "OPENAI_API_URL",
     "PROXY_URL",
+    "NO_PROXY",
+    "PROXY_FROM_ENV",
+    "EXTRA_CA_FILE",
     "RATE_LIMIT",
     "CACHE_TTL",
     "REQUEST_TIMEOUT",
@@ -137,18 +202,26 @@ impl Config {
         K: Into<String>,
         V: Into<String>,
     {
-        // An empty value means unset (as `docker run -e VAR=` gives), except for ADMIN_TOKEN,
-        // where an empty value is refused rather than silently opening the admin endpoints.
-        let vars = vars
+        let all: HashMap<String, String> = vars
             .into_iter()
             .map(|(k, v)| (k.into(), v.into()))
-            .filter(|(k, v): &(String, String)| !v.is_empty() || k == "ADMIN_TOKEN");
-        let raw: RawConfig = envy::from_iter(vars).map_err(|e| ConfigError {
+            .collect();
+        // Only our exact upper-case names go to envy (it lower-cases keys, so `http_proxy` and
+        // `HTTP_PROXY` would otherwise collide). An empty value means unset (as `docker run -e
+        // VAR=` gives), except for ADMIN_TOKEN, where it is refused rather than silently
+        // opening the admin endpoints.
+        let ours = all
+            .iter()
+            .filter(|(k, v)| {
+                VARIABLES.contains(&k.as_str()) && (!v.is_empty() || *k == "ADMIN_TOKEN")
+            })
+            .map(|(k, v)| (k.clone(), v.clone()));
+        let raw: RawConfig = envy::from_iter(ours).map_err(|e| ConfigError {
             variable: "environment",
             expected: format!("could not be read: {e}"),
             value: None,
         })?;
-        raw.validate()
+        raw.validate(&all)
     }
 
     /// Socket address to listen on.
@@ -158,7 +231,20 @@ impl Config {
 }
 
 impl RawConfig {
-    fn validate(self) -> Result<Config, ConfigError> {
+    fn validate(self, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        let proxy_from_env = match self.proxy_from_env.as_deref().map(str::trim) {
+            None | Some("false") | Some("0") => false,
+            Some("true") | Some("1") => true,
+            Some(other) => return Err(err("PROXY_FROM_ENV", "must be true or false", other)),
+        };
+        let openai_api_url = parse_upstream(self.openai_api_url)?;
+        let (proxy_url, no_proxy) = choose_proxy(
+            self.proxy_url,
+            self.no_proxy,
+            proxy_from_env,
+            &openai_api_url,
+            env,
+        )?;
         let max_cache_size_mb = parse_num::<u64>(
             "MAX_CACHE_SIZE",
             self.max_cache_size,
@@ -195,8 +281,14 @@ impl RawConfig {
                 "must be an IP address to listen on (e.g. 0.0.0.0 or ::)",
             )?,
             port: parse_num("PORT", self.port, 8080, "must be a port number 0-65535")?,
-            openai_api_url: parse_upstream(self.openai_api_url)?,
-            proxy_url: self.proxy_url.map(parse_proxy).transpose()?,
+            openai_api_url,
+            proxy_url,
+            no_proxy,
+            extra_ca_certs: self
+                .extra_ca_file
+                .map(load_ca_file)
+                .transpose()?
+                .unwrap_or_default(),
             rate_limit: parse_num(
                 "RATE_LIMIT",
                 self.rate_limit,
@@ -305,7 +397,51 @@ fn parse_upstream(raw: Option<String>) -> Result<Url, ConfigError> {
     Ok(url)
 }
 
-fn parse_proxy(s: String) -> Result<ProxyUrl, ConfigError> {
+/// PROXY_URL and NO_PROXY, or, only when PROXY_FROM_ENV=true and PROXY_URL is unset, the
+/// conventional HTTPS_PROXY/HTTP_PROXY (by upstream scheme) and NO_PROXY/no_proxy.
+fn choose_proxy(
+    proxy_url: Option<String>,
+    no_proxy: Option<String>,
+    from_env: bool,
+    upstream: &Url,
+    env: &HashMap<String, String>,
+) -> Result<(Option<ProxyUrl>, NoProxy), ConfigError> {
+    let lookup = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|n| env.get(*n).filter(|v| !v.is_empty()).cloned())
+    };
+    if let Some(url) = proxy_url {
+        let no_proxy = no_proxy.as_deref().map(NoProxy::parse).unwrap_or_default();
+        return Ok((Some(parse_proxy("PROXY_URL", &url)?), no_proxy));
+    }
+    if !from_env {
+        return Ok((
+            None,
+            no_proxy.as_deref().map(NoProxy::parse).unwrap_or_default(),
+        ));
+    }
+    let names: &[&'static str] = if upstream.scheme() == "https" {
+        &["HTTPS_PROXY", "https_proxy"]
+    } else {
+        &["HTTP_PROXY", "http_proxy"]
+    };
+    let proxy = match names
+        .iter()
+        .find(|n| env.get(**n).is_some_and(|v| !v.is_empty()))
+    {
+        Some(name) => Some(parse_proxy(name, &env[*name])?),
+        None => None,
+    };
+    let no_proxy = no_proxy
+        .or_else(|| lookup(&["no_proxy"]))
+        .as_deref()
+        .map(NoProxy::parse)
+        .unwrap_or_default();
+    Ok((proxy, no_proxy))
+}
+
+fn parse_proxy(variable: &'static str, s: &str) -> Result<ProxyUrl, ConfigError> {
     let expected = "must be an http:// proxy URL such as http://user:password@host:3128";
     let url = Url::parse(s.trim());
     let redacted = match &url {
@@ -313,19 +449,56 @@ fn parse_proxy(s: String) -> Result<ProxyUrl, ConfigError> {
         // Unparseable input may still hold a password: show nothing of it.
         Err(_) => String::from("(unparseable, not shown)"),
     };
-    let bad = || ConfigError {
-        variable: "PROXY_URL",
+    let bad = |expected: &str| ConfigError {
+        variable,
         expected: expected.to_owned(),
         value: Some(redacted.clone()),
     };
-    let url = url.map_err(|_| bad())?;
-    if url.scheme() != "http" || url.host_str().is_none() {
-        return Err(bad());
+    let url = url.map_err(|_| bad(expected))?;
+    let host = match url.host() {
+        Some(url::Host::Ipv6(ip)) => format!("[{ip}]"),
+        Some(host) => host.to_string(),
+        None => return Err(bad(expected)),
+    };
+    if url.scheme() != "http" {
+        return Err(bad(expected));
     }
+    if url.path() != "/" || url.query().is_some() {
+        return Err(bad("must not carry a path or query (http://host:port)"));
+    }
+    let basic_auth = if url.username().is_empty() && url.password().is_none() {
+        None
+    } else {
+        let decode = |s: &str| percent_decode_str(s).decode_utf8().map(|c| c.into_owned());
+        let user = decode(url.username()).map_err(|_| bad("must have UTF-8 credentials"))?;
+        let pass = decode(url.password().unwrap_or_default())
+            .map_err(|_| bad("must have UTF-8 credentials"))?;
+        let token = BASE64.encode(format!("{user}:{pass}"));
+        Some(SecretString::from(format!("Basic {token}")))
+    };
     Ok(ProxyUrl {
-        url: SecretString::from(s.trim().to_owned()),
+        host,
+        port: url.port_or_known_default().unwrap_or(80),
+        basic_auth,
         redacted,
     })
+}
+
+/// Reads every PEM certificate in EXTRA_CA_FILE; a file with none is an error.
+fn load_ca_file(path: String) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    const VAR: &str = "EXTRA_CA_FILE";
+    let certs = CertificateDer::pem_file_iter(&path)
+        .map_err(|_| err(VAR, "must name a readable PEM file", &path))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| err(VAR, "must contain valid PEM certificates", &path))?;
+    if certs.is_empty() {
+        return Err(err(
+            VAR,
+            "must contain at least one PEM certificate (-----BEGIN CERTIFICATE-----)",
+            &path,
+        ));
+    }
+    Ok(certs)
 }
 
 /// `http://user:pw@host:3128` → `http://***@host:3128`.
@@ -433,6 +606,81 @@ mod tests {
         let p = c.proxy_url.unwrap();
         assert_eq!(p.redacted(), "http://***@proxy:3128");
         assert_eq!(format!("{p:?}"), "http://***@proxy:3128");
+    }
+
+    #[test]
+    fn proxy_credentials_are_percent_decoded_into_basic_auth() {
+        use secrecy::ExposeSecret;
+        let c = parse(&[("PROXY_URL", "http://us%40er:p%3Ass%20w@proxy:3128")]).unwrap();
+        let p = c.proxy_url.unwrap();
+        assert_eq!((p.host.as_str(), p.port), ("proxy", 3128));
+        // base64("us@er:p:ss w")
+        assert_eq!(
+            p.basic_auth().unwrap().expose_secret(),
+            "Basic dXNAZXI6cDpzcyB3"
+        );
+        let anon = parse(&[("PROXY_URL", "http://[::1]:8888")])
+            .unwrap()
+            .proxy_url
+            .unwrap();
+        assert!(anon.basic_auth().is_none());
+        assert_eq!(anon.host, "[::1]");
+    }
+
+    #[test]
+    fn no_proxy_matches_domains_by_suffix_and_ips_exactly() {
+        let n = NoProxy::parse("example.com, .internal.net,10.1.2.3,[::1],host:8080");
+        assert!(n.matches("example.com"));
+        assert!(n.matches("api.example.com"));
+        assert!(n.matches("API.Example.COM."));
+        assert!(!n.matches("badexample.com"));
+        assert!(n.matches("internal.net") && n.matches("a.b.internal.net"));
+        assert!(n.matches("10.1.2.3") && !n.matches("10.1.2.30"));
+        assert!(n.matches("[::1]") && n.matches("::1"));
+        assert!(n.matches("host") && !n.matches("otherhost"));
+        assert!(!n.matches("api.openai.com"));
+        assert!(NoProxy::parse("*").matches("anything.at.all"));
+        assert!(!NoProxy::parse("").matches("x"));
+    }
+
+    #[test]
+    fn standard_proxy_variables_are_ignored_unless_asked_for() {
+        let env = [
+            ("HTTPS_PROXY", "http://corp:3128"),
+            ("http_proxy", "http://plain:3128"),
+            ("no_proxy", "internal"),
+        ];
+        let c = parse(&env).unwrap();
+        assert!(c.proxy_url.is_none());
+        assert!(!c.no_proxy.matches("internal"));
+
+        let mut with = env.to_vec();
+        with.push(("PROXY_FROM_ENV", "true"));
+        let c = parse(&with).unwrap();
+        assert_eq!(
+            c.proxy_url.unwrap().host,
+            "corp",
+            "https upstream uses HTTPS_PROXY"
+        );
+        assert!(c.no_proxy.matches("a.internal"));
+
+        with.push(("OPENAI_API_URL", "http://local:9000"));
+        let c = parse(&with).unwrap();
+        assert_eq!(
+            c.proxy_url.unwrap().host,
+            "plain",
+            "http upstream uses http_proxy"
+        );
+
+        with.push(("PROXY_URL", "http://explicit:1"));
+        assert_eq!(parse(&with).unwrap().proxy_url.unwrap().host, "explicit");
+    }
+
+    #[test]
+    fn a_bad_conventional_proxy_variable_is_named() {
+        let e = parse(&[("PROXY_FROM_ENV", "true"), ("HTTPS_PROXY", "ftp://u:pw@x")]).unwrap_err();
+        assert_eq!(e.variable, "HTTPS_PROXY");
+        assert!(!e.to_string().contains("pw"));
     }
 
     #[test]

@@ -29,6 +29,14 @@ pub enum ProxyError {
     UpstreamUnavailable,
     #[error("The upstream API did not answer within {0:?}")]
     UpstreamTimeout(Duration),
+    #[error("The outbound proxy could not be reached")]
+    OutboundProxyUnavailable,
+    #[error("The outbound proxy rejected the tunnel to the upstream API with status {0}")]
+    OutboundProxyRejected(u16),
+    #[error("TLS verification of the upstream API's certificate failed")]
+    UpstreamTlsVerification,
+    #[error("The TLS handshake with the upstream API failed")]
+    UpstreamTlsHandshake,
     // Our own bug.
     #[error("Internal proxy error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -44,6 +52,10 @@ impl ProxyError {
             Self::NotFound(_) => ("invalid_request_error", "not_found"),
             Self::UpstreamUnavailable => ("upstream_error", "upstream_unavailable"),
             Self::UpstreamTimeout(_) => ("upstream_error", "upstream_timeout"),
+            Self::OutboundProxyUnavailable => ("upstream_error", "outbound_proxy_unavailable"),
+            Self::OutboundProxyRejected(_) => ("upstream_error", "outbound_proxy_rejected"),
+            Self::UpstreamTlsVerification => ("upstream_error", "upstream_tls_verification_failed"),
+            Self::UpstreamTlsHandshake => ("upstream_error", "upstream_tls_handshake_failed"),
             Self::Internal(_) => ("server_error", "internal_error"),
         }
     }
@@ -57,7 +69,11 @@ impl ResponseError for ProxyError {
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            Self::UpstreamUnavailable
+            | Self::OutboundProxyUnavailable
+            | Self::OutboundProxyRejected(_)
+            | Self::UpstreamTlsVerification
+            | Self::UpstreamTlsHandshake => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -64,7 +64,7 @@ impl Application {
             started_at: Instant::now(),
             config: Arc::new(config),
         });
-        let tls = tls_config();
+        let tls = tls_config(&state.config);
         let shutdown = state.config.shutdown_timeout.as_secs().max(1);
         tracing::info!(
             port,
@@ -84,6 +84,8 @@ impl Application {
         })
         .listen(listener)?
         .shutdown_timeout(shutdown)
+        // actix treats SIGINT as a forced stop; we drain on both (see run_until_stopped).
+        .disable_signals()
         .run();
         Ok(Self { port, server })
     }
@@ -95,6 +97,26 @@ impl Application {
     /// Serves until SIGTERM/SIGINT, then stops accepting and lets in-flight requests finish
     /// for up to SHUTDOWN_TIMEOUT.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        tokio::spawn(async move {
+            let signal = stop_signal().await;
+            tracing::info!(
+                signal,
+                "stopping: no new connections, draining in-flight requests"
+            );
+            handle.stop(true).await;
+        });
         self.server.await
+    }
+}
+
+/// Waits for SIGTERM or SIGINT (Ctrl-C) and names the one that came.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
     }
 }

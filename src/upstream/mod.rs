@@ -1,6 +1,7 @@
 //! Everything about talking to the upstream API.
 
 mod client;
+mod connector;
 mod relay;
 
 pub use client::{build_client, tls_config, upstream_error};

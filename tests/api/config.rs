@@ -39,6 +39,14 @@ async fn bad_environment_values_stop_the_process_with_exit_code_2() {
         ("ADMIN_TOKEN", " ", None),
         ("RUST_LOG", "[[[", Some("[[[")),
         ("PROXY_URL", "socks5://user:s3cr3t@host:1080", None),
+        ("EXTRA_CA_FILE", "/etc/hostname", Some("/etc/hostname")),
+        (
+            "EXTRA_CA_FILE",
+            "/nonexistent/ca.pem",
+            Some("/nonexistent/ca.pem"),
+        ),
+        ("CONNECT_TIMEOUT", "0s", Some("0s")),
+        ("PROXY_FROM_ENV", "maybe", Some("maybe")),
     ] {
         let out = tokio::time::timeout(
             Duration::from_secs(10),
@@ -65,6 +73,15 @@ async fn bad_environment_values_stop_the_process_with_exit_code_2() {
 
 #[tokio::test]
 async fn sigterm_lets_in_flight_requests_finish() {
+    stop_signal_drains(Signal::SIGTERM).await;
+}
+
+#[tokio::test]
+async fn sigint_lets_in_flight_requests_finish() {
+    stop_signal_drains(Signal::SIGINT).await;
+}
+
+async fn stop_signal_drains(signal: Signal) {
     let upstream = MockServer::start().await;
     Mock::given(method("POST"))
         .respond_with(
@@ -75,7 +92,7 @@ async fn sigterm_lets_in_flight_requests_finish() {
         .mount(&upstream)
         .await;
     let port = closed_port().to_string();
-    let mut child = command(&[
+    let child = command(&[
         ("PORT", &port),
         ("HOST", "127.0.0.1"),
         ("OPENAI_API_URL", &upstream.uri()),
@@ -106,20 +123,24 @@ async fn sigterm_lets_in_flight_requests_finish() {
     )
     .await;
     let pid = Pid::from_raw(i32::try_from(child.id().expect("running")).unwrap());
-    kill(pid, Signal::SIGTERM).expect("SIGTERM delivered");
+    kill(pid, signal).expect("signal delivered");
 
-    assert_eq!(
-        in_flight
-            .await
-            .unwrap()
-            .expect("in-flight request completes"),
-        "finished"
-    );
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+    let answer = in_flight.await.unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
         .await
         .expect("the process exits after draining")
         .unwrap();
-    assert!(status.success(), "{status}");
+    let logs = format!(
+        "{}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        answer.unwrap_or_else(|e| panic!("in-flight request failed ({e}); logs:\n{logs}")),
+        "finished"
+    );
+    assert!(out.status.success(), "{}", out.status);
     assert!(
         http.get(format!("{base}/health")).send().await.is_err(),
         "still accepting"

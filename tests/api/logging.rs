@@ -7,10 +7,10 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::config::command;
 use crate::helpers::{CHAT_ANSWER, CHAT_BODY, client, closed_port, eventually};
+use crate::tinyproxy::{PROXY_PASSWORD, PROXY_USER, Tinyproxy};
 
 const API_KEY: &str = "sk-live-DO-NOT-LOG-4f9a8b7c";
 const ADMIN_TOKEN: &str = "admin-DO-NOT-LOG-1c2d3e";
-const PROXY_PASSWORD: &str = "proxypass-DO-NOT-LOG";
 
 #[tokio::test]
 async fn no_secret_appears_in_logs_at_trace_level() {
@@ -20,7 +20,9 @@ async fn no_secret_appears_in_logs_at_trace_level() {
         .mount(&upstream)
         .await;
     let port = closed_port().to_string();
-    let proxy_url = format!("http://user:{PROXY_PASSWORD}@127.0.0.1:3128");
+    // Upstream traffic really goes through an authenticating proxy.
+    let tinyproxy = Tinyproxy::start(true).await;
+    let proxy_url = tinyproxy.url(Some((PROXY_USER, PROXY_PASSWORD)));
     let mut child = command(&[
         ("PORT", &port),
         ("HOST", "127.0.0.1"),

@@ -20,12 +20,12 @@ async fn health_reports_healthy() {
 async fn stats_report_cache_and_config_without_secrets() {
     let app = spawn_app(&[
         ("PROXY_URL", "http://bob:hunter2@proxy.internal:3128"),
+        ("NO_PROXY", "127.0.0.1"),
         ("CACHE_TTL", "10m"),
         ("MAX_CACHE_SIZE", "7"),
     ])
     .await;
-    // Give the stats something to count; PROXY_URL is parsed but not used until issue #3,
-    // so the mock still answers directly.
+    // Give the stats something to count (NO_PROXY sends the mock's traffic direct).
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(200).set_body_raw(CHAT_ANSWER, "application/json"))
         .mount(&app.upstream)
