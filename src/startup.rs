@@ -15,6 +15,7 @@ use crate::errors::not_found;
 use crate::metrics::Metrics;
 use crate::middleware::{Limiter, access_log, new_limiter, prune_idle};
 use crate::routes;
+use crate::telemetry::RequestSpan;
 use crate::upstream::{build_client, tls_config};
 
 /// How often idle rate-limit buckets are forgotten.
@@ -80,7 +81,7 @@ impl Application {
                 .configure(routes::configure)
                 .default_service(web::to(not_found))
                 .wrap(from_fn(access_log))
-                .wrap(TracingLogger::default())
+                .wrap(TracingLogger::<RequestSpan>::new())
         })
         .listen(listener)?
         .shutdown_timeout(shutdown)

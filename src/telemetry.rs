@@ -37,3 +37,20 @@ where
     // A second init (tests) keeps the first subscriber.
     let _ = result;
 }
+
+/// The per-request span. Unlike tracing-actix-web's default it records neither the query
+/// string nor a client IP taken from `X-Forwarded-For`, and it logs no second error line:
+/// the access log middleware writes the one line per request.
+pub struct RequestSpan;
+
+impl tracing_actix_web::RootSpanBuilder for RequestSpan {
+    fn on_request_start(request: &actix_web::dev::ServiceRequest) -> tracing::Span {
+        tracing::info_span!("request", method = %request.method(), path = %request.path())
+    }
+
+    fn on_request_end<B: actix_web::body::MessageBody>(
+        _span: tracing::Span,
+        _outcome: &Result<actix_web::dev::ServiceResponse<B>, actix_web::Error>,
+    ) {
+    }
+}
