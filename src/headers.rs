@@ -4,6 +4,8 @@ use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 pub const X_CACHE: &str = "x-cache";
 pub const X_CACHE_TIMESTAMP: &str = "x-cache-timestamp";
+pub const X_CACHE_KEY: &str = "x-cache-key";
+pub const CACHE_STATUS: &str = "cache-status";
 pub const X_PROXY: &str = "x-proxy";
 pub const X_REQUEST_ID: &str = "x-request-id";
 pub const X_FORWARDED_FOR: &str = "x-forwarded-for";

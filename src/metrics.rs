@@ -10,6 +10,8 @@ pub struct Metrics {
     pub hits: AtomicU64,
     pub misses: AtomicU64,
     pub bypasses: AtomicU64,
+    /// Requests answered by reading an identical in-flight request's response.
+    pub coalesced: AtomicU64,
     pub stores: AtomicU64,
     /// Entries removed to stay under MAX_CACHE_SIZE.
     pub evictions: AtomicU64,
@@ -24,6 +26,7 @@ impl Metrics {
         let counter = match status {
             CacheStatus::Hit => &self.hits,
             CacheStatus::Miss => &self.misses,
+            CacheStatus::Coalesced => &self.coalesced,
             CacheStatus::Bypass => &self.bypasses,
         };
         bump(counter);

@@ -9,7 +9,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use tracing_actix_web::TracingLogger;
 
-use crate::cache::CacheStore;
+use crate::cache::{CacheStore, Flights};
 use crate::config::Config;
 use crate::errors::not_found;
 use crate::metrics::Metrics;
@@ -26,6 +26,8 @@ const LIMITER_PRUNE_EVERY: Duration = Duration::from_secs(60);
 pub struct AppState {
     pub config: Arc<Config>,
     pub cache: CacheStore,
+    /// Upstream calls in progress for cacheable misses, shared by identical requests.
+    pub flights: Flights,
     pub limiter: Option<Arc<Limiter>>,
     pub metrics: Arc<Metrics>,
     /// OPENAI_API_URL without a trailing slash; request paths are appended to it.
@@ -55,6 +57,7 @@ impl Application {
                 config.cache_ttl,
                 metrics.clone(),
             ),
+            flights: Flights::default(),
             limiter,
             metrics,
             upstream_base: config

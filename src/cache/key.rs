@@ -3,7 +3,9 @@
 //! The encoding must give the same key for the same request on every machine and every
 //! version that keeps `DOMAIN`, so a shared (Redis) tier can use it; change `DOMAIN` whenever
 //! the encoding changes. Each part is length-prefixed so that no two different requests can
-//! encode to the same bytes.
+//! encode to the same bytes. A JSON body is hashed in canonical form (object keys sorted, no
+//! insignificant whitespace, values as parsed), so key order and spacing do not split
+//! entries; anything else is hashed as raw bytes. The body sent upstream is never rewritten.
 
 use std::fmt;
 
@@ -11,7 +13,7 @@ use actix_web::http::header::HeaderMap;
 use sha2::{Digest, Sha256};
 
 /// Version tag hashed first; bump it when the encoding below changes.
-const DOMAIN: &[u8] = b"openai-cache-proxy/key/v1";
+const DOMAIN: &[u8] = b"openai-cache-proxy/key/v2";
 
 /// Request headers that select a different response, hashed in this fixed order.
 /// `Authorization` (the caller's API key) keeps callers apart; it is hashed, never stored.
@@ -41,7 +43,21 @@ impl CacheKey {
                 part(&mut h, v);
             }
         }
-        part(&mut h, body);
+        match serde_json::from_slice::<serde_json::Value>(body) {
+            // serde_json's map is a BTreeMap unless its `preserve_order` feature is on (a
+            // unit test below fails if feature unification ever turns it on).
+            Ok(json) => {
+                part(&mut h, b"json");
+                part(
+                    &mut h,
+                    &serde_json::to_vec(&json).expect("a Value always serialises"),
+                );
+            }
+            Err(_) => {
+                part(&mut h, b"raw");
+                part(&mut h, body);
+            }
+        }
         Self(h.finalize().into())
     }
 
@@ -82,11 +98,12 @@ mod tests {
 
     #[test]
     fn pinned_vectors_never_change() {
-        // Computed independently (Python hashlib over the same encoding). If this fails, the
-        // encoding changed: bump DOMAIN, then update the vectors.
+        // Computed independently (Python hashlib and json.dumps(sort_keys=True,
+        // separators=(',', ':'), ensure_ascii=False) over the same encoding). If this fails,
+        // the encoding changed: bump DOMAIN, then update the vectors.
         assert_eq!(
             key(&[], "/v1/embeddings", b"").to_hex(),
-            "6c50709ba3bb628dbb5c5304add042f9aef18b827351e0e2ab73560e87beb7c5"
+            "05f25208e722f70fe2f68fff837f795d555cb815be444775bd1ef914e4da3955"
         );
         assert_eq!(
             key(
@@ -98,8 +115,42 @@ mod tests {
                 br#"{"model":"gpt-4o-mini","messages":[]}"#
             )
             .to_hex(),
-            "ae72fd4e1204d61cedbd88467bd41958318b081064b88b700b6cbe7725fe9dea"
+            "754c6b3b7358515aa05675d03c8b9bf8c91c214e10b7b8c4424b67b4a29932d1"
         );
+        assert_eq!(
+            key(
+                &[("authorization", "Bearer sk-a")],
+                "/v1/chat/completions",
+                r#"{ "z": [3, {"b": "é", "a": null}], "a": true }"#.as_bytes()
+            )
+            .to_hex(),
+            "2bf6185629229e0c2e438eaff5d30f4944719667c93a2bdf9191ed3829a0f60f"
+        );
+    }
+
+    #[test]
+    fn json_objects_are_canonicalised_with_sorted_keys() {
+        // Fails if a dependency turns on serde_json's `preserve_order`.
+        let v: serde_json::Value = serde_json::from_str(r#"{"b":1,"a":{"d":2,"c":3}}"#).unwrap();
+        assert_eq!(
+            serde_json::to_string(&v).unwrap(),
+            r#"{"a":{"c":3,"d":2},"b":1}"#
+        );
+        let p = "/v1/chat/completions";
+        assert_eq!(
+            key(&[], p, br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#),
+            key(&[], p, b"{\n  \"messages\" : [ {\"content\":\"hi\", \"role\":\"user\"} ],\n  \"model\":\"m\"\n}")
+        );
+        // Array order, value types and string contents still matter.
+        assert_ne!(
+            key(&[], p, br#"{"a":[1,2]}"#),
+            key(&[], p, br#"{"a":[2,1]}"#)
+        );
+        assert_ne!(key(&[], p, br#"{"a":1}"#), key(&[], p, br#"{"a":"1"}"#));
+        assert_ne!(key(&[], p, br#"{"a":1}"#), key(&[], p, br#"{"a":1.0}"#));
+        assert_ne!(key(&[], p, br#"{"a":"x "}"#), key(&[], p, br#"{"a":"x"}"#));
+        // Invalid JSON is hashed raw, so its spacing matters.
+        assert_ne!(key(&[], p, b"{not json"), key(&[], p, b"{not  json"));
     }
 
     #[test]
@@ -148,5 +199,90 @@ mod tests {
             ),
             key(&[("openai-organization", "op")], "/v1/x", b"")
         );
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use serde_json::Value;
+
+        fn json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::from),
+                any::<i64>().prop_map(Value::from),
+                (-1e9f64..1e9).prop_map(Value::from),
+                "[a-zA-Z0-9 é\\\\\"\n]{0,12}".prop_map(Value::from),
+            ];
+            leaf.prop_recursive(4, 48, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                    prop::collection::btree_map("[a-z]{1,6}", inner, 0..6)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn next(seed: &mut u64) -> u64 {
+            *seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            *seed >> 33
+        }
+
+        /// Serialises `v` with object keys in an order and spacing chosen by `seed`.
+        fn scramble(v: &Value, seed: &mut u64, out: &mut String) {
+            let space = |n: u64| [" ", "", "\n  ", "\t"][(n % 4) as usize];
+            match v {
+                Value::Object(map) => {
+                    let mut entries: Vec<_> = map.iter().collect();
+                    let n = entries.len();
+                    for i in (1..n).rev() {
+                        entries.swap(i, (next(seed) as usize) % (i + 1));
+                    }
+                    out.push('{');
+                    for (i, (k, val)) in entries.into_iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        out.push_str(space(next(seed)));
+                        out.push_str(&serde_json::to_string(k).unwrap());
+                        out.push_str(space(next(seed)));
+                        out.push(':');
+                        scramble(val, seed, out);
+                    }
+                    out.push('}');
+                }
+                Value::Array(items) => {
+                    out.push('[');
+                    for (i, item) in items.iter().enumerate() {
+                        if i > 0 {
+                            out.push_str(", ");
+                        }
+                        scramble(item, seed, out);
+                    }
+                    out.push(']');
+                }
+                leaf => out.push_str(&serde_json::to_string(leaf).unwrap()),
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn key_order_and_spacing_never_change_the_key(v in json(), seed in any::<u64>()) {
+                let mut seed = seed;
+                let mut text = String::new();
+                scramble(&v, &mut seed, &mut text);
+                let compact = serde_json::to_vec(&v).unwrap();
+                prop_assert_eq!(key(&[], "/v1/embeddings", &compact), key(&[], "/v1/embeddings", text.as_bytes()));
+            }
+
+            #[test]
+            fn a_different_value_gives_a_different_key(a in json(), b in json()) {
+                prop_assume!(a != b);
+                let (a, b) = (serde_json::to_vec(&a).unwrap(), serde_json::to_vec(&b).unwrap());
+                prop_assert_ne!(key(&[], "/v1/embeddings", &a), key(&[], "/v1/embeddings", &b));
+            }
+        }
     }
 }

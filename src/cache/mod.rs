@@ -1,5 +1,6 @@
 //! The response cache: what is stored, when a request or response may use it, and how hits look.
 
+mod flight;
 mod key;
 mod policy;
 mod store;
@@ -10,8 +11,9 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::HeaderMap;
 use bytes::Bytes;
 
+pub use flight::{End, Flight, Flights, Head, Reader, Role};
 pub use key::{CacheKey, KEY_HEADERS};
-pub use policy::{NoCacheReason, request_policy, response_policy};
+pub use policy::{Directives, NoCacheReason, request_policy, response_policy};
 pub use store::CacheStore;
 
 /// A complete upstream response as it was received, replayed byte for byte on a hit.
@@ -44,6 +46,8 @@ pub enum CacheStatus {
     Hit,
     /// Looked up, not found, forwarded; stored if the response qualified.
     Miss,
+    /// An identical request was already in flight; this one read its response.
+    Coalesced,
     /// The cache was not used for this request (see `NoCacheReason`).
     Bypass,
 }
@@ -53,7 +57,56 @@ impl CacheStatus {
         match self {
             Self::Hit => "HIT",
             Self::Miss => "MISS",
+            Self::Coalesced => "COALESCED",
             Self::Bypass => "BYPASS",
         }
+    }
+}
+
+impl CachedResponse {
+    /// Seconds since the entry was stored.
+    pub fn age_secs(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(self.stored_at)
+            .unwrap_or_default()
+            .as_secs()
+    }
+}
+
+/// Why a cacheable request went to the upstream (RFC 9211 `fwd` values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forward {
+    /// Nothing stored.
+    Miss,
+    /// The client said `no-cache`.
+    Request,
+    /// The stored entry was older than the client's `max-age`.
+    Stale,
+}
+
+/// The `Cache-Status` header value (RFC 9211) for a response.
+pub fn cache_status_header(
+    status: CacheStatus,
+    forward: Forward,
+    stored: bool,
+    ttl_left: Option<u64>,
+    reason: Option<NoCacheReason>,
+) -> String {
+    const NAME: &str = "openai-cache-proxy";
+    let fwd = match forward {
+        Forward::Miss => "miss",
+        Forward::Request => "request",
+        Forward::Stale => "stale",
+    };
+    match status {
+        CacheStatus::Hit => format!("{NAME}; hit; ttl={}", ttl_left.unwrap_or(0)),
+        CacheStatus::Miss if stored => format!("{NAME}; fwd={fwd}; stored"),
+        CacheStatus::Miss => format!("{NAME}; fwd={fwd}"),
+        CacheStatus::Coalesced => format!("{NAME}; fwd={fwd}; collapsed"),
+        CacheStatus::Bypass => match reason {
+            Some(NoCacheReason::ClientNoStore) => format!("{NAME}; fwd=request; detail=no-store"),
+            Some(r) => format!("{NAME}; fwd=bypass; detail={}", r.as_str()),
+            None => format!("{NAME}; fwd=bypass"),
+        },
     }
 }

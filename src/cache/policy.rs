@@ -11,12 +11,10 @@ const CACHEABLE_POSTS: &[&str] = &["/v1/chat/completions", "/v1/completions", "/
 pub enum NoCacheReason {
     /// Method and path are not in the cacheable set.
     NotCacheableEndpoint,
-    /// The client sent `Cache-Control: no-cache`/`no-store` or `Pragma: no-cache`.
-    ClientOptOut,
+    /// The client sent `Cache-Control: no-store`.
+    ClientNoStore,
     /// Only 200 and 201 are stored; the upstream's errors always pass through fresh.
     Status,
-    /// An event stream (stored by a later version, passed through untouched here).
-    Streaming,
     /// The upstream said `Cache-Control: no-store`.
     UpstreamNoStore,
     /// The body is larger than the per-entry limit.
@@ -27,32 +25,56 @@ impl NoCacheReason {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::NotCacheableEndpoint => "not_cacheable_endpoint",
-            Self::ClientOptOut => "client_opt_out",
+            Self::ClientNoStore => "client_no_store",
             Self::Status => "status",
-            Self::Streaming => "streaming",
             Self::UpstreamNoStore => "upstream_no_store",
             Self::TooLarge => "too_large",
         }
     }
 }
 
-/// May this request be answered from, and stored into, the cache?
+/// What a cacheable request allows (RFC 9111 §5.2.1 request directives).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Directives {
+    /// False for `no-cache` (or `Pragma: no-cache`): forward, then store the fresh answer.
+    pub lookup: bool,
+    /// `max-age=N`: a stored entry may answer only if at most N seconds old.
+    pub max_age: Option<u64>,
+}
+
+/// May this request use the cache, and how? `Err` means bypass it entirely.
 pub fn request_policy(
     method: &Method,
     path: &str,
     headers: &HeaderMap,
-) -> Result<(), NoCacheReason> {
+) -> Result<Directives, NoCacheReason> {
     let endpoint_ok = (method == Method::GET && path.starts_with("/v1/"))
         || (method == Method::POST && CACHEABLE_POSTS.contains(&path));
     if !endpoint_ok {
         return Err(NoCacheReason::NotCacheableEndpoint);
     }
-    let opted_out = has_directive(headers, &header::CACHE_CONTROL, &["no-cache", "no-store"])
-        || has_directive(headers, &header::PRAGMA, &["no-cache"]);
-    if opted_out {
-        return Err(NoCacheReason::ClientOptOut);
+    let mut d = Directives {
+        lookup: true,
+        max_age: None,
+    };
+    for (name, value) in directives(headers, &header::CACHE_CONTROL) {
+        match name.as_str() {
+            "no-store" => return Err(NoCacheReason::ClientNoStore),
+            "no-cache" => d.lookup = false,
+            // An unparseable max-age is treated as 0 (RFC 9111 §1.2.2).
+            "max-age" => {
+                let secs = value
+                    .and_then(|v| v.trim_matches('"').parse().ok())
+                    .unwrap_or(0);
+                d.max_age = Some(d.max_age.map_or(secs, |m: u64| m.min(secs)));
+            }
+            _ => {}
+        }
     }
-    Ok(())
+    if directives(headers, &header::PRAGMA).any(|(n, _)| n == "no-cache") {
+        d.lookup = false;
+    }
+    Ok(d)
 }
 
 /// May this upstream response (head only) be stored?
@@ -60,36 +82,32 @@ pub fn response_policy(status: StatusCode, headers: &HeaderMap) -> Result<(), No
     if !matches!(status, StatusCode::OK | StatusCode::CREATED) {
         return Err(NoCacheReason::Status);
     }
-    let is_event_stream = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("text/event-stream")
-        });
-    if is_event_stream {
-        return Err(NoCacheReason::Streaming);
-    }
     if has_directive(headers, &header::CACHE_CONTROL, &["no-store"]) {
         return Err(NoCacheReason::UpstreamNoStore);
     }
     Ok(())
 }
 
-fn has_directive(headers: &HeaderMap, name: &header::HeaderName, wanted: &[&str]) -> bool {
+/// `(lower-case name, value)` of each comma-separated directive in `name`'s values.
+fn directives<'a>(
+    headers: &'a HeaderMap,
+    name: &header::HeaderName,
+) -> impl Iterator<Item = (String, Option<&'a str>)> + 'a {
     headers
         .get_all(name)
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|d| {
-            d.split('=')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_ascii_lowercase()
+            let (n, v) = match d.split_once('=') {
+                Some((n, v)) => (n, Some(v.trim())),
+                None => (d, None),
+            };
+            (n.trim().to_ascii_lowercase(), v)
         })
-        .any(|d| wanted.contains(&d.as_str()))
+}
+
+fn has_directive(headers: &HeaderMap, name: &header::HeaderName, wanted: &[&str]) -> bool {
+    directives(headers, name).any(|(n, _)| wanted.contains(&n.as_str()))
 }
 
 #[cfg(test)]
@@ -108,14 +126,18 @@ mod tests {
     #[test]
     fn cacheable_endpoints() {
         let none = HeaderMap::new();
-        assert_eq!(request_policy(&Method::GET, "/v1/models", &none), Ok(()));
+        let plain = Ok(Directives {
+            lookup: true,
+            max_age: None,
+        });
+        assert_eq!(request_policy(&Method::GET, "/v1/models", &none), plain);
         assert_eq!(
             request_policy(&Method::POST, "/v1/chat/completions", &none),
-            Ok(())
+            plain
         );
         assert_eq!(
             request_policy(&Method::POST, "/v1/embeddings", &none),
-            Ok(())
+            plain
         );
         for (m, p) in [
             (Method::POST, "/v1/files"),
@@ -131,19 +153,28 @@ mod tests {
     }
 
     #[test]
-    fn client_cache_control_bypasses() {
+    fn client_directives() {
+        let post = |h: &HeaderMap| request_policy(&Method::POST, "/v1/embeddings", h);
+        assert_eq!(
+            post(&headers(&[("cache-control", "max-age=0, No-Store")])),
+            Err(NoCacheReason::ClientNoStore)
+        );
         for h in [
             headers(&[("cache-control", "no-cache")]),
-            headers(&[("cache-control", "max-age=0, No-Store")]),
             headers(&[("pragma", "no-cache")]),
         ] {
-            assert_eq!(
-                request_policy(&Method::POST, "/v1/embeddings", &h),
-                Err(NoCacheReason::ClientOptOut)
-            );
+            assert_eq!(post(&h).unwrap().lookup, false);
         }
-        let h = headers(&[("cache-control", "max-age=60")]);
-        assert_eq!(request_policy(&Method::POST, "/v1/embeddings", &h), Ok(()));
+        let d = post(&headers(&[("cache-control", "max-age=60")])).unwrap();
+        assert_eq!((d.lookup, d.max_age), (true, Some(60)));
+        let d = post(&headers(&[
+            ("cache-control", "max-age=60"),
+            ("cache-control", "max-age=5"),
+        ]))
+        .unwrap();
+        assert_eq!(d.max_age, Some(5), "the stricter of two wins");
+        let d = post(&headers(&[("cache-control", "max-age=soon")])).unwrap();
+        assert_eq!(d.max_age, Some(0));
     }
 
     #[test]
@@ -160,10 +191,7 @@ mod tests {
             assert_eq!(response_policy(s, &json), Err(NoCacheReason::Status));
         }
         let sse = headers(&[("content-type", "text/event-stream; charset=utf-8")]);
-        assert_eq!(
-            response_policy(StatusCode::OK, &sse),
-            Err(NoCacheReason::Streaming)
-        );
+        assert_eq!(response_policy(StatusCode::OK, &sse), Ok(()));
         let no_store = headers(&[("cache-control", "no-store")]);
         assert_eq!(
             response_policy(StatusCode::OK, &no_store),

@@ -43,6 +43,8 @@ pub async fn stats(
             "hits": get(&m.hits),
             "misses": get(&m.misses),
             "bypasses": get(&m.bypasses),
+            "coalesced": get(&m.coalesced),
+            "in_flight": state.flights.len(),
             "stores": get(&m.stores),
             "evictions": get(&m.evictions),
             "expirations": get(&m.expirations),

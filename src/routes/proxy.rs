@@ -1,5 +1,7 @@
-//! `/v1/*`: policy → key → lookup → forward → store, with `X-Cache` on every answer.
+//! `/v1/*`: policy → key → lookup → coalesce → forward → store, with `X-Cache` and
+//! `Cache-Status` on every answer.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use actix_web::body::{BodyStream, SizedStream};
@@ -7,16 +9,20 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, web};
 use bytes::Bytes;
+use futures_util::StreamExt;
 
 use crate::cache::{
-    CacheKey, CacheStatus, CachedResponse, NoCacheReason, request_policy, response_policy,
+    CacheKey, CacheStatus, CachedResponse, End, Flight, Forward, Head, NoCacheReason, Reader, Role,
+    cache_status_header, request_policy, response_policy,
 };
 use crate::errors::ProxyError;
-use crate::headers::{X_CACHE, X_CACHE_TIMESTAMP, X_FORWARDED_FOR, end_to_end};
+use crate::headers::{
+    CACHE_STATUS, X_CACHE, X_CACHE_KEY, X_CACHE_TIMESTAMP, X_FORWARDED_FOR, end_to_end,
+};
 use crate::metrics::bump;
 use crate::middleware::RequestOutcome;
 use crate::startup::AppState;
-use crate::upstream::{recording_stream, upstream_error};
+use crate::upstream::upstream_error;
 
 type UpstreamResponse = awc::ClientResponse;
 
@@ -29,39 +35,196 @@ pub async fn forward(
     reject_dot_segments(req.path())?;
     let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     let url = format!("{}{}", state.upstream_base, path_and_query);
-    let upstream = build_upstream_request(&client, &req, &url);
 
-    if let Err(reason) = request_policy(req.method(), req.path(), req.headers()) {
-        let res = send_streaming(upstream, &req, payload, &state).await?;
-        return Ok(relay(res, None, CacheStatus::Bypass, Some(reason), &state));
-    }
+    let directives = match request_policy(req.method(), req.path(), req.headers()) {
+        Ok(d) => d,
+        Err(reason) => {
+            let upstream = build_upstream_request(&client, &req, &url);
+            let res = send_streaming(upstream, &req, payload, &state).await?;
+            return Ok(relay(res, reason, &state));
+        }
+    };
 
     let body = read_limited(&req, payload, state.config.max_body_size_bytes).await?;
     let key = CacheKey::compute(req.method().as_str(), path_and_query, req.headers(), &body);
-    if let Some(hit) = state.cache.get(&key).await {
-        return Ok(replay(&hit, key, &state));
+    let mut forward = if directives.lookup {
+        Forward::Miss
+    } else {
+        Forward::Request
+    };
+    if directives.lookup
+        && let Some(hit) = state.cache.get(&key).await
+    {
+        if directives.max_age.is_none_or(|max| hit.age_secs() <= max) {
+            return Ok(replay(&hit, key, &state));
+        }
+        forward = Forward::Stale;
     }
-    let res = upstream
-        .send_body(body)
-        .await
-        .map_err(|e| failed(&e, &state))?;
-    match response_policy(res.status(), res.headers()) {
-        Ok(()) => store_and_relay(res, key, &state).await,
-        Err(reason @ NoCacheReason::Streaming) => Ok(relay(
-            res,
-            Some(key),
-            CacheStatus::Bypass,
-            Some(reason),
-            &state,
-        )),
-        Err(reason) => Ok(relay(
-            res,
-            Some(key),
-            CacheStatus::Miss,
-            Some(reason),
-            &state,
-        )),
+
+    // Identical misses share one upstream call. A follower whose leader got no answer at all
+    // tries once more on its own (it may lead the next flight).
+    let mut retried = false;
+    loop {
+        match state.flights.join(key) {
+            Role::Leader(flight, reader) => {
+                let upstream = build_upstream_request(&client, &req, &url);
+                return lead(upstream, body, flight, reader, key, forward, &state).await;
+            }
+            Role::Follower(mut reader) => match reader.head().await {
+                Ok(head) => {
+                    bump(&state.metrics.coalesced);
+                    let out = respond(&head, CacheStatus::Coalesced, forward, false, key, &state);
+                    return Ok(with_body(out, &head, reader));
+                }
+                Err(End::NoResponse) if !retried => retried = true,
+                Err(_) => return Err(ProxyError::UpstreamUnavailable),
+            },
+        }
     }
+}
+
+/// Calls the upstream for a flight and answers the leader; a spawned driver then feeds the
+/// flight (and through it every follower) and stores the response when it completes.
+async fn lead(
+    upstream: awc::ClientRequest,
+    body: Bytes,
+    flight: Arc<Flight>,
+    reader: Reader,
+    key: CacheKey,
+    forward: Forward,
+    state: &web::Data<AppState>,
+) -> Result<HttpResponse, ProxyError> {
+    let res = match upstream.send_body(body).await {
+        Ok(res) => res,
+        Err(e) => {
+            state.flights.close(&key, &flight);
+            flight.finish(End::NoResponse);
+            return Err(failed(&e, state));
+        }
+    };
+    let head = Head {
+        status: res.status(),
+        headers: end_to_end(res.headers())
+            .map(|(n, v)| (n.clone(), v.clone()))
+            .collect(),
+        content_length: content_length(res.headers()),
+    };
+    let storable = response_policy(res.status(), res.headers());
+    flight.set_head(head.clone());
+    let mut out = respond(
+        &head,
+        CacheStatus::Miss,
+        forward,
+        storable.is_ok(),
+        key,
+        state,
+    );
+    if let Err(reason) = storable {
+        tracing::debug!(reason = reason.as_str(), "response will not be stored");
+        out.extensions_mut()
+            .get_mut::<RequestOutcome>()
+            .map(|o| o.reason = Some(reason));
+    }
+    actix_web::rt::spawn(drive(
+        flight,
+        res,
+        key,
+        storable.is_ok(),
+        head.clone(),
+        state.clone(),
+    ));
+    Ok(with_body(out, &head, reader))
+}
+
+/// Reads the upstream body into the flight until it ends or every reader has left (which
+/// drops, and so cancels, the upstream request). Stores a complete, storable response before
+/// any reader can see it end, so the next identical request is a hit.
+async fn drive(
+    flight: Arc<Flight>,
+    mut res: UpstreamResponse,
+    key: CacheKey,
+    storable: bool,
+    head: Head,
+    state: web::Data<AppState>,
+) {
+    let limit = if storable {
+        state.cache.max_entry_bytes()
+    } else {
+        0
+    };
+    let is_event_stream = head
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("text/event-stream"));
+    let mut received = 0u64;
+    let end = loop {
+        let next = tokio::select! {
+            _ = flight.abandoned() => break End::Broken,
+            next = async {
+                flight.room_to_read().await;
+                res.next().await
+            } => next,
+        };
+        match next {
+            Some(Ok(chunk)) => {
+                received += chunk.len() as u64;
+                // With a known length the client sees the end with this chunk: store first,
+                // and let awc see the body's end so the connection goes back to the pool.
+                if head.content_length == Some(received) {
+                    if storable && let Some(body) = flight.recorded_body(Some(&chunk), limit) {
+                        store(&state, key, &head, body).await;
+                    }
+                    let _ = res.next().await;
+                    drop(res);
+                    flight.push(chunk, limit);
+                    state.flights.close(&key, &flight);
+                    flight.finish(End::Complete);
+                    return;
+                }
+                if !flight.push(chunk, limit) {
+                    // Too big to store: nobody new may join; readers stream it through.
+                    state.flights.close(&key, &flight);
+                }
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "upstream body broke off");
+                break End::Broken;
+            }
+            None if head.content_length.is_some_and(|n| n != received) => break End::Broken,
+            None => {
+                let complete_stream = !is_event_stream || ends_with_done(&flight, limit);
+                if storable
+                    && complete_stream
+                    && let Some(body) = flight.recorded_body(None, limit)
+                {
+                    store(&state, key, &head, body).await;
+                }
+                break End::Complete;
+            }
+        }
+    };
+    state.flights.close(&key, &flight);
+    flight.finish(end);
+}
+
+/// An OpenAI stream finished normally only if its last event is `data: [DONE]`.
+fn ends_with_done(flight: &Flight, limit: u64) -> bool {
+    flight
+        .recorded_body(None, limit)
+        .is_some_and(|b| b.trim_ascii_end().ends_with(b"data: [DONE]"))
+}
+
+async fn store(state: &AppState, key: CacheKey, head: &Head, body: Bytes) {
+    let mut headers = head.headers.clone();
+    headers.remove(header::SET_COOKIE);
+    let entry = CachedResponse {
+        status: head.status,
+        headers,
+        body,
+        stored_at: SystemTime::now(),
+    };
+    state.cache.insert(key, entry).await;
 }
 
 /// A request for the upstream carrying the client's end-to-end headers, with this hop
@@ -101,13 +264,8 @@ async fn send_streaming(
     payload: web::Payload,
     state: &AppState,
 ) -> Result<UpstreamResponse, ProxyError> {
-    let length = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
     let chunked = req.headers().contains_key(header::TRANSFER_ENCODING);
-    let sent = match length {
+    let sent = match content_length(req.headers()) {
         // Keep a known length so the upstream sees Content-Length, not chunked encoding.
         Some(n) if n > 0 => upstream.send_body(SizedStream::new(n, payload)).await,
         None if chunked => upstream.send_stream(payload).await,
@@ -129,12 +287,7 @@ async fn read_limited(
     limit: u64,
 ) -> Result<Bytes, ProxyError> {
     let too_large = ProxyError::PayloadTooLarge { limit };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
+    if content_length(req.headers()).is_some_and(|n| n > limit) {
         return Err(too_large);
     }
     let limit = usize::try_from(limit).unwrap_or(usize::MAX);
@@ -147,124 +300,98 @@ async fn read_limited(
     }
 }
 
-/// Reads a storable response whole when its length is known and small enough, stores it,
-/// and answers with it; otherwise relays it while recording, storing it only if it ends
-/// normally within the per-entry limit.
-async fn store_and_relay(
-    mut res: UpstreamResponse,
-    key: CacheKey,
-    state: &web::Data<AppState>,
-) -> Result<HttpResponse, ProxyError> {
-    let max = state.cache.max_entry_bytes();
-    match content_length(&res) {
-        Some(n) if n <= max => {
-            // The client gets the upstream's headers as sent; the entry drops Set-Cookie.
-            let mut out = respond(res.status(), end_to_end(res.headers()), CacheStatus::Miss);
-            let read = res.body().limit(usize::try_from(max).unwrap_or(usize::MAX));
-            let body = tokio::time::timeout(state.config.request_timeout, read)
-                .await
-                .map_err(|_| ProxyError::UpstreamTimeout(state.config.request_timeout))?
-                .map_err(|e| {
-                    tracing::warn!(error = %e, "upstream body failed");
-                    ProxyError::UpstreamUnavailable
-                })?;
-            let entry = to_entry(&res, body);
-            let upstream_status = entry.status.as_u16();
-            let body = entry.body.clone();
-            state.cache.insert(key, entry).await;
-            outcome(
-                &mut out,
-                state,
-                CacheStatus::Miss,
-                None,
-                Some(upstream_status),
-                Some(key),
-            );
-            Ok(out.body(body))
-        }
-        Some(_) => Ok(relay(
-            res,
-            Some(key),
-            CacheStatus::Miss,
-            Some(NoCacheReason::TooLarge),
-            state,
-        )),
-        None => {
-            let mut out = respond(res.status(), end_to_end(res.headers()), CacheStatus::Miss);
-            let head = to_entry(&res, Bytes::new());
-            outcome(
-                &mut out,
-                state,
-                CacheStatus::Miss,
-                None,
-                Some(head.status.as_u16()),
-                Some(key),
-            );
-            let cache = state.cache.clone();
-            let stream = recording_stream(res, max, move |body| {
-                let entry = CachedResponse { body, ..head };
-                async move {
-                    cache.insert(key, entry).await;
-                }
-            });
-            Ok(out.body(BodyStream::new(stream)))
-        }
+/// Passes a bypassed upstream response through untouched, chunk by chunk.
+fn relay(res: UpstreamResponse, reason: NoCacheReason, state: &AppState) -> HttpResponse {
+    let status = res.status();
+    let mut out = HttpResponse::build(status);
+    for (name, value) in end_to_end(res.headers()) {
+        out.append_header((name.clone(), value.clone()));
     }
-}
-
-/// Passes an upstream response through untouched, chunk by chunk.
-fn relay(
-    res: UpstreamResponse,
-    key: Option<CacheKey>,
-    status: CacheStatus,
-    reason: Option<NoCacheReason>,
-    state: &AppState,
-) -> HttpResponse {
-    let mut out = respond(res.status(), end_to_end(res.headers()), status);
+    out.insert_header((
+        HeaderName::from_static(X_CACHE),
+        CacheStatus::Bypass.as_str(),
+    ));
+    out.insert_header((
+        HeaderName::from_static(CACHE_STATUS),
+        cache_status_header(
+            CacheStatus::Bypass,
+            Forward::Miss,
+            false,
+            None,
+            Some(reason),
+        ),
+    ));
     outcome(
         &mut out,
         state,
-        status,
-        reason,
-        Some(res.status().as_u16()),
-        key,
+        CacheStatus::Bypass,
+        Some(reason),
+        Some(status),
+        None,
     );
-    if let Some(reason) = reason {
-        tracing::debug!(reason = reason.as_str(), "response not stored");
-    }
-    match content_length(&res) {
-        Some(n) if has_body(res.status()) => out.body(SizedStream::new(n, res)),
+    match content_length(res.headers()) {
+        Some(n) if has_body(status) => out.body(SizedStream::new(n, res)),
         _ => out.body(BodyStream::new(res)),
     }
 }
 
 /// A cache hit, byte-identical to the stored response, with its age.
 fn replay(hit: &CachedResponse, key: CacheKey, state: &AppState) -> HttpResponse {
-    let mut out = respond(hit.status, &hit.headers, CacheStatus::Hit);
-    let age = SystemTime::now()
-        .duration_since(hit.stored_at)
-        .unwrap_or_default()
-        .as_secs();
+    let mut out = HttpResponse::build(hit.status);
+    for (name, value) in &hit.headers {
+        out.append_header((name.clone(), value.clone()));
+    }
+    let age = hit.age_secs();
+    let ttl_left = state.config.cache_ttl.as_secs().saturating_sub(age);
     out.insert_header((header::AGE, age));
     out.insert_header((
         HeaderName::from_static(X_CACHE_TIMESTAMP),
         humantime::format_rfc3339_seconds(hit.stored_at).to_string(),
     ));
+    out.insert_header((HeaderName::from_static(X_CACHE), CacheStatus::Hit.as_str()));
+    out.insert_header((
+        HeaderName::from_static(CACHE_STATUS),
+        cache_status_header(CacheStatus::Hit, Forward::Miss, false, Some(ttl_left), None),
+    ));
+    out.insert_header((HeaderName::from_static(X_CACHE_KEY), key_header(key)));
     outcome(&mut out, state, CacheStatus::Hit, None, None, Some(key));
     out.body(hit.body.clone())
 }
 
-fn respond<'a>(
-    status: StatusCode,
-    headers: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+/// The head of a forwarded (MISS) or shared (COALESCED) response.
+fn respond(
+    head: &Head,
     cache: CacheStatus,
+    forward: Forward,
+    stored: bool,
+    key: CacheKey,
+    state: &AppState,
 ) -> HttpResponseBuilder {
-    let mut out = HttpResponse::build(status);
-    for (name, value) in headers {
+    let mut out = HttpResponse::build(head.status);
+    for (name, value) in &head.headers {
         out.append_header((name.clone(), value.clone()));
     }
     out.insert_header((HeaderName::from_static(X_CACHE), cache.as_str()));
+    out.insert_header((
+        HeaderName::from_static(CACHE_STATUS),
+        cache_status_header(cache, forward, stored, None, None),
+    ));
+    out.insert_header((HeaderName::from_static(X_CACHE_KEY), key_header(key)));
+    outcome(&mut out, state, cache, None, Some(head.status), Some(key));
     out
+}
+
+fn with_body(mut out: HttpResponseBuilder, head: &Head, reader: Reader) -> HttpResponse {
+    let stream = reader.into_stream();
+    match head.content_length {
+        Some(n) if has_body(head.status) => out.body(SizedStream::new(n, Box::pin(stream))),
+        _ => out.body(BodyStream::new(stream)),
+    }
+}
+
+/// First 16 hex digits of the key: enough to see why two requests do or do not share an entry.
+fn key_header(key: CacheKey) -> HeaderValue {
+    HeaderValue::from_str(&key.to_hex()[..16]).expect("hex is a valid header value")
 }
 
 /// Records what happened: the counters, and the fields of this request's log line.
@@ -273,33 +400,20 @@ fn outcome(
     state: &AppState,
     cache: CacheStatus,
     reason: Option<NoCacheReason>,
-    upstream_status: Option<u16>,
+    upstream_status: Option<StatusCode>,
     key: Option<CacheKey>,
 ) {
     state.metrics.record(cache);
     out.extensions_mut().insert(RequestOutcome {
         cache,
         reason,
-        upstream_status,
+        upstream_status: upstream_status.map(|s| s.as_u16()),
         key,
     });
 }
 
-fn to_entry(res: &UpstreamResponse, body: Bytes) -> CachedResponse {
-    let mut headers = HeaderMap::new();
-    for (name, value) in end_to_end(res.headers()).filter(|(n, _)| *n != header::SET_COOKIE) {
-        headers.append(name.clone(), value.clone());
-    }
-    CachedResponse {
-        status: res.status(),
-        headers,
-        body,
-        stored_at: SystemTime::now(),
-    }
-}
-
-fn content_length(res: &UpstreamResponse) -> Option<u64> {
-    res.headers()
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
         .get(header::CONTENT_LENGTH)?
         .to_str()
         .ok()?

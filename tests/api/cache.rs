@@ -146,20 +146,31 @@ async fn non_cacheable_requests_bypass_the_cache() {
         let res = app.post_json("/v1/files", "sk-a", "{}").await;
         assert_eq!(res.status(), 200);
         assert_eq!(x_cache(&res), "BYPASS");
+        assert_eq!(
+            res.headers()["cache-status"],
+            "openai-cache-proxy; fwd=bypass; detail=not_cacheable_endpoint"
+        );
+        assert!(res.headers().get("x-cache-key").is_none());
     }
-    // A cacheable endpoint, but the client asked not to use the cache.
+    // A cacheable endpoint, but the client forbids storing.
     for _ in 0..2 {
         let res = app
             .client
             .post(app.url("/v1/embeddings"))
-            .header("cache-control", "no-cache")
+            .header("cache-control", "no-store")
             .body("{}")
             .send()
             .await
             .unwrap();
         assert_eq!(x_cache(&res), "BYPASS");
+        assert_eq!(
+            res.headers()["cache-status"],
+            "openai-cache-proxy; fwd=request; detail=no-store"
+        );
     }
-    assert_eq!(app.stats(None).await["cache"]["bypasses"], 4);
+    let stats = app.stats(None).await;
+    assert_eq!(stats["cache"]["bypasses"], 4);
+    assert_eq!(stats["cache"]["stores"], 0);
 }
 
 #[tokio::test]

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Cache-HIT throughput of the proxy vs a bare actix-web handler serving the same bytes (`make bench`).
-# Env: BENCH_SECONDS (per wrk run, default 5), BENCH_ROUNDS (interleaved rounds, default 3, min 2).
+# Cache-HIT throughput of the proxy vs a bare actix-web handler serving the same bytes, and the
+# time to first byte the proxy adds to a streamed (SSE) completion (`make bench`).
+# Env: BENCH_SECONDS (per wrk run, default 5), BENCH_ROUNDS (interleaved rounds, default 3, min 2),
+# BENCH_STREAM_REQUESTS (streamed requests, half DIRECT and half PROXY, default 200, min 2).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
 SECONDS_PER_RUN="${BENCH_SECONDS:-5}"
 ROUNDS="${BENCH_ROUNDS:-3}"
+STREAM_REQUESTS="${BENCH_STREAM_REQUESTS:-200}"
 LUA=tests/bench/post.lua
 READY_DEADLINE=60
 
@@ -17,6 +20,8 @@ die() {
 
 [[ "$SECONDS_PER_RUN" =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS must be a positive integer, got '$SECONDS_PER_RUN'"
 [[ "$ROUNDS" =~ ^[0-9]+$ && "$ROUNDS" -ge 2 ]] || die "BENCH_ROUNDS must be an integer >= 2, got '$ROUNDS'"
+[[ "$STREAM_REQUESTS" =~ ^[0-9]+$ && "$STREAM_REQUESTS" -ge 2 ]] ||
+    die "BENCH_STREAM_REQUESTS must be an integer >= 2, got '$STREAM_REQUESTS'"
 
 for tool in curl python3; do
     command -v "$tool" >/dev/null || die "'$tool' is required but not installed"
@@ -122,6 +127,42 @@ cmp -s "$WORK/direct.b" "$WORK/p3.b" ||
 echo "bench: functional check ok (x-cache: HIT, upstream count steady at $count3," \
     "body identical: $(wc -c <"$WORK/direct.b") B)" >&2
 
+# --- Functional check: a proxied SSE stream reaches the upstream and comes back byte for byte. ---
+# The body is unique to this run and no-store is sent, so no cache (today's or a future stream
+# cache) can answer it.
+STREAM_BODY='{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"bench'
+STREAM_BODY+=" stream check $$ $RANDOM\"}]}"
+post_stream() { # url headers-file body-file
+    "${CURL[@]}" --fail --no-buffer --request POST "$1/v1/chat/completions" \
+        --header 'Content-Type: application/json' --header 'Authorization: Bearer sk-bench' \
+        --header 'Accept: text/event-stream' --header 'Cache-Control: no-store' \
+        --data-binary "$STREAM_BODY" --dump-header "$2" --output "$3"
+}
+before="$(upstream_count)"
+post_stream "$UPSTREAM" "$WORK/stream-direct.h" "$WORK/stream-direct.b"
+post_stream "$PROXY" "$WORK/stream-proxy.h" "$WORK/stream-proxy.b"
+after="$(upstream_count)"
+[[ $((after - before)) -eq 2 ]] ||
+    die "upstream served $((after - before)) of 2 streamed requests (1 direct, 1 proxied)"
+header() { tr -d '\r' <"$1" | awk -F': *' -v h="$2" 'tolower($1) == h {print $2}'; }
+ct="$(header "$WORK/stream-direct.h" content-type)"
+if [[ "$ct" != text/event-stream* ]]; then
+    cat "$WORK/stream-direct.h" >&2
+    die "bench upstream answered \"stream\":true with content-type '$ct', not an event stream"
+fi
+ct="$(header "$WORK/stream-proxy.h" content-type)"
+stream_cache="$(header "$WORK/stream-proxy.h" x-cache)"
+if [[ "$ct" != text/event-stream* || "$stream_cache" == HIT ]]; then
+    cat "$WORK/stream-proxy.h" >&2
+    die "proxied stream: expected text/event-stream and no x-cache: HIT for a unique no-store body"
+fi
+if ! cmp "$WORK/stream-direct.b" "$WORK/stream-proxy.b" >&2; then
+    die "proxied stream ($(wc -c <"$WORK/stream-proxy.b") B) differs from the direct one" \
+        "($(wc -c <"$WORK/stream-direct.b") B)"
+fi
+echo "bench: stream check ok (x-cache: ${stream_cache:-<none>}," \
+    "upstream reached, body identical: $(wc -c <"$WORK/stream-direct.b") B)" >&2
+
 # --- Measurement: CEILING and PROXY-HIT interleaved, same wrk settings. ---
 run_wrk() { # target-name url round
     local out="$WORK/wrk-$1-$3.txt"
@@ -151,8 +192,17 @@ for round in $(seq 1 "$ROUNDS"); do
         die "upstream served $((after - before)) requests during PROXY-HIT round $round: not all HITs"
 done
 
-python3 - "$WORK/results" "$SECONDS_PER_RUN" "$ROUNDS" <<'PY'
-import statistics, sys
+# --- STREAM: time to first SSE byte, DIRECT and PROXY alternating; every body is unique. ---
+echo "bench: STREAM: $STREAM_REQUESTS streamed requests, alternating DIRECT/PROXY, ~0.1 s each" >&2
+before="$(upstream_count)"
+sent="$(python3 tests/bench/stream_ttfb.py "$UPSTREAM_PORT" "$PROXY_PORT" "$STREAM_REQUESTS" \
+    "$WORK/stream-direct.b" "$WORK/stream")" || die "stream TTFB client failed (see above)"
+after="$(upstream_count)"
+[[ $((after - before)) -eq "$sent" ]] ||
+    die "upstream served $((after - before)) of $sent streamed requests: some did not reach it"
+
+python3 - "$WORK/results" "$SECONDS_PER_RUN" "$ROUNDS" "$WORK/stream" <<'PY'
+import math, statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
     target, _, rps, p50 = line.split()
@@ -171,6 +221,31 @@ for target in ("CEILING", "PROXY-HIT"):
     p50 = statistics.median(p for _, p in rows[target])
     print(f"| {target} | " + " | ".join(f"{r:.0f}" for r in rps)
           + f" | {med:.0f} | {spread:.1f}% | {p50:.3f} |")
+
+ttfb = {}
+for line in open(sys.argv[4]):
+    target, first, head = line.split()
+    ttfb.setdefault(target, []).append((float(first), float(head)))
+def p90(xs):  # nearest rank
+    return sorted(xs)[math.ceil(0.9 * len(xs)) - 1]
+print(f"\nSTREAM: {sum(map(len, ttfb.values()))} requests alternating DIRECT/PROXY, unique bodies"
+      " + Cache-Control: no-store, 20 SSE events 5 ms apart;\n"
+      "TTFB = connect to first SSE byte, head = connect to end of response head\n")
+print("| target | requests | TTFB p50 ms | TTFB p90 ms | head p50 ms |")
+print("|---" * 5 + "|")
+stream = {}
+for target in ("DIRECT", "PROXY"):
+    first = [f for f, _ in ttfb[target]]
+    stream[target] = first_p50, first_p90 = statistics.median(first), p90(first)
+    head_p50 = statistics.median(h for _, h in ttfb[target])
+    print(f"| {target} | {len(first)} | {first_p50:.3f} | {first_p90:.3f} | {head_p50:.3f} |")
+added = stream["PROXY"][0] - stream["DIRECT"][0]
+added_p90 = stream["PROXY"][1] - stream["DIRECT"][1]
+print(f"\nSTREAM added TTFB (PROXY - DIRECT): p50 {added:.3f} ms, p90 {added_p90:.3f} ms")
+if stream["PROXY"][0] > 50:
+    print("WARNING: proxied TTFB is over half the ~100 ms stream: is the proxy buffering it?")
+
 ratio = medians["PROXY-HIT"] / medians["CEILING"]
-print(f"\nHIT/CEILING ratio: {ratio:.2f} (median proxy req/s / median ceiling req/s)")
+print(f"\nHIT/CEILING ratio: {ratio:.2f} (median proxy req/s / median ceiling req/s);"
+      f" STREAM added TTFB p50: {added:.3f} ms")
 PY

@@ -1,22 +1,63 @@
-//! Bench upstream and ceiling: one fixed chat-completion body for every path, `GET /count`.
+//! Bench upstream and ceiling: one fixed chat completion (JSON or SSE) per request, `GET /count`.
 
+use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use actix_web::{App, HttpResponse, HttpServer, web};
+use futures_util::stream::{self, Stream};
 
-/// Requests answered with [`BODY`]; `GET /count` itself is not counted.
+/// Requests answered with [`BODY`] or an event stream; `GET /count` itself is not counted.
 static SERVED: AtomicU64 = AtomicU64::new(0);
+
+/// A request body containing this (as the bench's compact JSON does) gets the event stream.
+const STREAM_FLAG: &[u8] = br#""stream":true"#;
+
+/// Content events per stream: the first goes out at once, each later one and `[DONE]` after
+/// [`EVENT_GAP`], so a stream lasts about 100 ms and a buffering proxy shows in the TTFB.
+const EVENTS: usize = 20;
+const EVENT_GAP: Duration = Duration::from_millis(5);
 
 /// About 1.4 KB, shaped like an OpenAI `chat.completion` object.
 const BODY: &str = r#"{"id":"chatcmpl-bench0000000000000000000000001","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"A caching proxy sits between a client and an upstream API and remembers answers. When a request arrives, the proxy computes a key from the method, the path, a small list of headers and the canonical body. If the key is already in the cache and the entry is still fresh, the stored response is returned at once, without contacting the upstream. Otherwise the request is forwarded, and a successful, non-streaming answer is stored under that key with a time to live, so that the next identical request is served locally. This saves money and latency for repeated prompts, such as test suites, evaluations and retries. It must never mix up callers, so the API key is part of the key, hashed rather than stored, and errors from the upstream are always passed through unchanged and never cached.","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":42,"completion_tokens":168,"total_tokens":210,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},"service_tier":"default","system_fingerprint":"fp_bench000"}"#;
 
-/// Reads the request body: actix answers `Connection: close` to a request whose body is left
-/// unread, and a reconnect per request would make this ceiling far too low.
-async fn completion(_body: web::Bytes) -> HttpResponse {
+/// Reads the request body, to spot [`STREAM_FLAG`] and because actix answers `Connection: close`
+/// to a request whose body is left unread: a reconnect per request would make the ceiling too low.
+async fn completion(body: web::Bytes) -> HttpResponse {
     SERVED.fetch_add(1, Ordering::Relaxed);
+    if body.windows(STREAM_FLAG.len()).any(|w| w == STREAM_FLAG) {
+        return HttpResponse::Ok()
+            .content_type("text/event-stream")
+            .streaming(events());
+    }
     HttpResponse::Ok()
         .content_type("application/json")
         .body(BODY)
+}
+
+/// About 120 bytes per event, shaped like an OpenAI `chat.completion.chunk`; the same bytes
+/// for every request, so a proxied stream can be compared with a direct one.
+fn events() -> impl Stream<Item = Result<web::Bytes, Infallible>> {
+    stream::unfold(0, |i| async move {
+        if i > EVENTS {
+            return None;
+        }
+        if i > 0 {
+            tokio::time::sleep(EVENT_GAP).await;
+        }
+        let data = if i < EVENTS {
+            format!(
+                concat!(
+                    r#"{{"id":"chatcmpl-bench1","object":"chat.completion.chunk","#,
+                    r#""choices":[{{"index":0,"delta":{{"content":"token {:02} "}}}}]}}"#,
+                ),
+                i
+            )
+        } else {
+            "[DONE]".to_owned()
+        };
+        Some((Ok(web::Bytes::from(format!("data: {data}\n\n"))), i + 1))
+    })
 }
 
 async fn count() -> HttpResponse {

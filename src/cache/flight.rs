@@ -1,0 +1,450 @@
+//! Request coalescing: at most one upstream call per cache key at a time. Every concurrent
+//! identical miss reads the same response, live, chunk by chunk, from a shared buffer that
+//! one driver task fills from the upstream.
+//!
+//! Memory: while the response may still be stored (up to the per-entry limit) every chunk is
+//! kept, for the cache entry and for late joiners. Past that limit the flight stops taking
+//! joiners, forgets chunks every reader has passed, and reads the upstream only while the
+//! slowest reader is less than `READ_AHEAD` bytes behind.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::HeaderMap;
+use bytes::Bytes;
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use tokio::sync::{Notify, watch};
+
+use super::CacheKey;
+
+/// How far the driver may read ahead of the slowest reader once nothing is recorded.
+const READ_AHEAD: usize = 1024 * 1024;
+
+/// The response head every reader of a flight answers with.
+#[derive(Debug, Clone)]
+pub struct Head {
+    pub status: StatusCode,
+    /// End-to-end headers of the upstream response.
+    pub headers: HeaderMap,
+    pub content_length: Option<u64>,
+}
+
+/// How a flight ended, as its readers see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The upstream body arrived whole.
+    Complete,
+    /// The upstream answered, then the body broke off (or every reader left).
+    Broken,
+    /// The upstream never answered (connect failure, timeout): followers retry on their own.
+    NoResponse,
+}
+
+#[derive(Default)]
+struct State {
+    head: Option<Head>,
+    /// Chunks from absolute index `base` on.
+    chunks: VecDeque<Bytes>,
+    base: usize,
+    /// Bytes received so far.
+    total: u64,
+    /// Bytes currently held in `chunks`.
+    held: usize,
+    /// Every chunk is kept (the response can still be stored).
+    recording: bool,
+    end: Option<End>,
+    /// Next chunk index of each live reader, by slot; `None` for a slot whose reader left.
+    positions: Vec<Option<usize>>,
+}
+
+/// One upstream call shared by every reader.
+pub struct Flight {
+    state: Mutex<State>,
+    /// Bumped whenever the head, a chunk or the end arrives. Readers hold receivers, so
+    /// `closed()` tells the driver that nobody is listening any more.
+    changed: watch::Sender<u64>,
+    /// Readers advanced or left (wakes a driver waiting for read-ahead room).
+    progress: Notify,
+}
+
+impl Flight {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(State {
+                recording: true,
+                ..State::default()
+            }),
+            changed: watch::channel(0).0,
+            progress: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// A new reader that starts at the first chunk.
+    pub fn reader(self: &Arc<Self>) -> Reader {
+        let changed = self.changed.subscribe();
+        let mut st = self.lock();
+        let base = st.base;
+        st.positions.push(Some(base));
+        let slot = st.positions.len() - 1;
+        Reader {
+            flight: self.clone(),
+            slot,
+            next: st.base,
+            changed,
+            done: false,
+        }
+    }
+
+    /// Still recording, and not failed: a new identical request may read this response.
+    fn joinable(&self) -> bool {
+        let st = self.lock();
+        st.recording && matches!(st.end, None | Some(End::Complete))
+    }
+
+    /// Publishes the response head.
+    pub fn set_head(&self, head: Head) {
+        self.lock().head = Some(head);
+        self.bump();
+    }
+
+    /// Appends a chunk. Returns false once the body outgrew `record_limit` (nothing more is
+    /// recorded from then on).
+    pub fn push(&self, chunk: Bytes, record_limit: u64) -> bool {
+        let recording = {
+            let mut st = self.lock();
+            st.total += chunk.len() as u64;
+            st.held += chunk.len();
+            st.chunks.push_back(chunk);
+            if st.recording && st.total > record_limit {
+                st.recording = false;
+            }
+            if !st.recording {
+                trim(&mut st);
+            }
+            st.recording
+        };
+        self.bump();
+        recording
+    }
+
+    /// The whole body so far followed by `last` (not yet published), if every chunk is still
+    /// held and the result fits `limit`.
+    pub fn recorded_body(&self, last: Option<&Bytes>, limit: u64) -> Option<Bytes> {
+        let st = self.lock();
+        let len = st.held + last.map_or(0, Bytes::len);
+        if !st.recording || st.base != 0 || len as u64 > limit {
+            return None;
+        }
+        let mut body = bytes::BytesMut::with_capacity(len);
+        for c in st.chunks.iter().chain(last) {
+            body.extend_from_slice(c);
+        }
+        Some(body.freeze())
+    }
+
+    pub fn finish(&self, end: End) {
+        self.lock().end.get_or_insert(end);
+        self.bump();
+    }
+
+    /// Resolves when every reader has gone.
+    pub async fn abandoned(&self) {
+        self.changed.closed().await;
+    }
+
+    /// Waits until the slowest reader is less than `READ_AHEAD` bytes behind (only relevant
+    /// once recording stopped; while recording everything is kept anyway).
+    pub async fn room_to_read(&self) {
+        loop {
+            let notified = self.progress.notified();
+            {
+                let st = self.lock();
+                if st.recording || st.held < READ_AHEAD {
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Drops chunks every live reader has already passed.
+fn trim(st: &mut State) {
+    let slowest = st.positions.iter().flatten().min().copied();
+    let upto = slowest.unwrap_or(st.base + st.chunks.len());
+    while st.base < upto {
+        match st.chunks.pop_front() {
+            Some(c) => {
+                st.held -= c.len();
+                st.base += 1;
+            }
+            None => break,
+        }
+    }
+}
+
+/// One client's view of a flight: the head, then the body from the first chunk on.
+pub struct Reader {
+    flight: Arc<Flight>,
+    slot: usize,
+    next: usize,
+    changed: watch::Receiver<u64>,
+    done: bool,
+}
+
+impl Reader {
+    /// The response head, or how the flight ended without one.
+    pub async fn head(&mut self) -> Result<Head, End> {
+        loop {
+            self.changed.borrow_and_update();
+            {
+                let st = self.flight.lock();
+                if let Some(head) = &st.head {
+                    return Ok(head.clone());
+                }
+                if let Some(end) = st.end {
+                    return Err(end);
+                }
+            }
+            if self.changed.changed().await.is_err() {
+                return Err(End::NoResponse);
+            }
+        }
+    }
+
+    /// The next body chunk; `None` at the end, `Some(Err)` if the body broke off.
+    pub async fn next_chunk(&mut self) -> Option<Result<Bytes, std::io::Error>> {
+        if self.done {
+            return None;
+        }
+        loop {
+            self.changed.borrow_and_update();
+            {
+                let mut st = self.flight.lock();
+                if self.next < st.base + st.chunks.len() {
+                    let chunk = st.chunks[self.next - st.base].clone();
+                    self.next += 1;
+                    st.positions[self.slot] = Some(self.next);
+                    if !st.recording {
+                        trim(&mut st);
+                    }
+                    drop(st);
+                    self.flight.progress.notify_waiters();
+                    return Some(Ok(chunk));
+                }
+                match st.end {
+                    Some(End::Complete) => {
+                        self.done = true;
+                        return None;
+                    }
+                    Some(_) => {
+                        self.done = true;
+                        return Some(Err(broken()));
+                    }
+                    None => {}
+                }
+            }
+            if self.changed.changed().await.is_err() {
+                self.done = true;
+                return Some(Err(broken()));
+            }
+        }
+    }
+
+    /// The body as a stream, for an actix response.
+    pub fn into_stream(self) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+        futures_util::stream::unfold(
+            self,
+            |mut r| async move { r.next_chunk().await.map(|c| (c, r)) },
+        )
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        let mut st = self.flight.lock();
+        st.positions[self.slot] = None;
+        if !st.recording {
+            trim(&mut st);
+        }
+        drop(st);
+        self.flight.progress.notify_waiters();
+    }
+}
+
+fn broken() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        "the upstream response broke off",
+    )
+}
+
+/// What `Flights::join` made of a request.
+pub enum Role {
+    /// No identical request is in flight: call the upstream and drive the flight.
+    Leader(Arc<Flight>, Reader),
+    /// An identical request is in flight: read its response.
+    Follower(Reader),
+}
+
+/// The flights in progress, shared by every worker.
+#[derive(Default)]
+pub struct Flights {
+    map: DashMap<CacheKey, Arc<Flight>>,
+}
+
+impl Flights {
+    pub fn join(&self, key: CacheKey) -> Role {
+        match self.map.entry(key) {
+            Entry::Occupied(e) if e.get().joinable() => Role::Follower(e.get().reader()),
+            Entry::Occupied(mut e) => {
+                let flight = Flight::new();
+                let reader = flight.reader();
+                e.insert(flight.clone());
+                Role::Leader(flight, reader)
+            }
+            Entry::Vacant(v) => {
+                let flight = Flight::new();
+                let reader = flight.reader();
+                v.insert(flight.clone());
+                Role::Leader(flight, reader)
+            }
+        }
+    }
+
+    /// Stops new requests from joining `flight` (it ended, or outgrew the entry limit).
+    pub fn close(&self, key: &CacheKey, flight: &Arc<Flight>) {
+        self.map.remove_if(key, |_, f| Arc::ptr_eq(f, flight));
+    }
+
+    /// Flights in progress (for tests and stats).
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u8) -> CacheKey {
+        CacheKey::compute("GET", &format!("/v1/{n}"), &HeaderMap::new(), b"")
+    }
+
+    fn head() -> Head {
+        Head {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            content_length: None,
+        }
+    }
+
+    #[actix_web::test]
+    async fn followers_share_the_leaders_response_from_the_first_byte() {
+        let flights = Flights::default();
+        let Role::Leader(flight, mut leader) = flights.join(key(1)) else {
+            panic!("leader")
+        };
+        flight.set_head(head());
+        flight.push(Bytes::from_static(b"a"), 100);
+        // A follower that joins late still gets the whole body.
+        let Role::Follower(mut follower) = flights.join(key(1)) else {
+            panic!("follower")
+        };
+        flight.push(Bytes::from_static(b"b"), 100);
+        flight.finish(End::Complete);
+        for r in [&mut leader, &mut follower] {
+            assert_eq!(r.head().await.unwrap().status, StatusCode::OK);
+            assert_eq!(r.next_chunk().await.unwrap().unwrap(), "a");
+            assert_eq!(r.next_chunk().await.unwrap().unwrap(), "b");
+            assert!(r.next_chunk().await.is_none());
+        }
+        assert_eq!(flight.recorded_body(None, 100).unwrap(), "ab");
+        let last = Bytes::from_static(b"c");
+        assert_eq!(flight.recorded_body(Some(&last), 100).unwrap(), "abc");
+        assert!(flight.recorded_body(Some(&last), 2).is_none());
+        flights.close(&key(1), &flight);
+        assert!(matches!(flights.join(key(1)), Role::Leader(..)));
+    }
+
+    #[actix_web::test]
+    async fn past_the_record_limit_nobody_joins_and_read_chunks_are_freed() {
+        let flights = Flights::default();
+        let Role::Leader(flight, mut leader) = flights.join(key(2)) else {
+            panic!("leader")
+        };
+        assert!(flight.push(Bytes::from_static(b"12345"), 8));
+        assert!(!flight.push(Bytes::from_static(b"67890"), 8));
+        assert!(
+            matches!(flights.join(key(2)), Role::Leader(..)),
+            "no joining a big one"
+        );
+        assert_eq!(leader.next_chunk().await.unwrap().unwrap(), "12345");
+        assert_eq!(leader.next_chunk().await.unwrap().unwrap(), "67890");
+        assert_eq!(
+            flight.lock().held,
+            0,
+            "chunks every reader passed are dropped"
+        );
+        assert!(flight.recorded_body(None, 100).is_none());
+    }
+
+    #[actix_web::test]
+    async fn a_flight_without_an_answer_tells_followers_to_retry() {
+        let flights = Flights::default();
+        let Role::Leader(flight, _leader) = flights.join(key(3)) else {
+            panic!("leader")
+        };
+        let Role::Follower(mut follower) = flights.join(key(3)) else {
+            panic!("follower")
+        };
+        flight.finish(End::NoResponse);
+        assert_eq!(follower.head().await.unwrap_err(), End::NoResponse);
+    }
+
+    #[actix_web::test]
+    async fn a_broken_body_is_an_error_for_readers() {
+        let flights = Flights::default();
+        let Role::Leader(flight, mut leader) = flights.join(key(4)) else {
+            panic!("leader")
+        };
+        flight.set_head(head());
+        flight.push(Bytes::from_static(b"partial"), 100);
+        flight.finish(End::Broken);
+        assert!(leader.next_chunk().await.unwrap().is_ok());
+        assert!(leader.next_chunk().await.unwrap().is_err());
+        assert!(leader.next_chunk().await.is_none());
+    }
+
+    #[actix_web::test]
+    async fn the_driver_learns_when_every_reader_left() {
+        let flights = Flights::default();
+        let Role::Leader(flight, leader) = flights.join(key(5)) else {
+            panic!("leader")
+        };
+        let Role::Follower(follower) = flights.join(key(5)) else {
+            panic!("follower")
+        };
+        drop(leader);
+        drop(follower);
+        tokio::time::timeout(std::time::Duration::from_secs(5), flight.abandoned())
+            .await
+            .expect("abandonment is noticed");
+    }
+}
