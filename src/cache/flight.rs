@@ -329,9 +329,17 @@ impl Flights {
         self.map.remove_if(key, |_, f| Arc::ptr_eq(f, flight));
     }
 
-    /// Flights in progress (for tests and stats).
+    /// Flights in progress.
     pub fn len(&self) -> usize {
         self.map.len()
+    }
+
+    /// Clients currently waiting on or reading a flight that still takes joiners.
+    pub fn clients(&self) -> usize {
+        self.map
+            .iter()
+            .map(|f| f.lock().positions.iter().flatten().count())
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {

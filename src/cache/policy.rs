@@ -163,7 +163,7 @@ mod tests {
             headers(&[("cache-control", "no-cache")]),
             headers(&[("pragma", "no-cache")]),
         ] {
-            assert_eq!(post(&h).unwrap().lookup, false);
+            assert!(!post(&h).unwrap().lookup);
         }
         let d = post(&headers(&[("cache-control", "max-age=60")])).unwrap();
         assert_eq!((d.lookup, d.max_age), (true, Some(60)));

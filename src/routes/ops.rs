@@ -45,6 +45,7 @@ pub async fn stats(
             "bypasses": get(&m.bypasses),
             "coalesced": get(&m.coalesced),
             "in_flight": state.flights.len(),
+            "in_flight_clients": state.flights.clients(),
             "stores": get(&m.stores),
             "evictions": get(&m.evictions),
             "expirations": get(&m.expirations),

@@ -52,19 +52,18 @@ pub async fn forward(
     } else {
         Forward::Request
     };
-    if directives.lookup
-        && let Some(hit) = state.cache.get(&key).await
-    {
-        if directives.max_age.is_none_or(|max| hit.age_secs() <= max) {
-            return Ok(replay(&hit, key, &state));
-        }
-        forward = Forward::Stale;
-    }
-
     // Identical misses share one upstream call. A follower whose leader got no answer at all
-    // tries once more on its own (it may lead the next flight).
+    // tries once more on its own (looking in the cache again, then perhaps leading a flight).
     let mut retried = false;
     loop {
+        if directives.lookup
+            && let Some(hit) = state.cache.get(&key).await
+        {
+            if directives.max_age.is_none_or(|max| hit.age_secs() <= max) {
+                return Ok(replay(&hit, key, &state));
+            }
+            forward = Forward::Stale;
+        }
         match state.flights.join(key) {
             Role::Leader(flight, reader) => {
                 let upstream = build_upstream_request(&client, &req, &url);
@@ -72,8 +71,7 @@ pub async fn forward(
             }
             Role::Follower(mut reader) => match reader.head().await {
                 Ok(head) => {
-                    bump(&state.metrics.coalesced);
-                    let out = respond(&head, CacheStatus::Coalesced, forward, false, key, &state);
+                    let out = respond(&head, CacheStatus::Coalesced, forward, Ok(()), key, &state);
                     return Ok(with_body(out, &head, reader));
                 }
                 Err(End::NoResponse) if !retried => retried = true,
@@ -111,20 +109,7 @@ async fn lead(
     };
     let storable = response_policy(res.status(), res.headers());
     flight.set_head(head.clone());
-    let mut out = respond(
-        &head,
-        CacheStatus::Miss,
-        forward,
-        storable.is_ok(),
-        key,
-        state,
-    );
-    if let Err(reason) = storable {
-        tracing::debug!(reason = reason.as_str(), "response will not be stored");
-        out.extensions_mut()
-            .get_mut::<RequestOutcome>()
-            .map(|o| o.reason = Some(reason));
-    }
+    let out = respond(&head, CacheStatus::Miss, forward, storable, key, state);
     actix_web::rt::spawn(drive(
         flight,
         res,
@@ -152,11 +137,14 @@ async fn drive(
     } else {
         0
     };
-    let is_event_stream = head
+    let content_type = head
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.to_ascii_lowercase().starts_with("text/event-stream"));
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    let is_event_stream = content_type.starts_with("text/event-stream");
+    let is_json = content_type.starts_with("application/json");
     let mut received = 0u64;
     let end = loop {
         let next = tokio::select! {
@@ -192,8 +180,16 @@ async fn drive(
                 break End::Broken;
             }
             None if head.content_length.is_some_and(|n| n != received) => break End::Broken,
+            // awc also ends a chunked body cut off by EOF this way, so completeness is checked
+            // from the content: `[DONE]` for streams, well-formed JSON for JSON.
             None => {
-                let complete_stream = !is_event_stream || ends_with_done(&flight, limit);
+                let complete_stream = if is_event_stream {
+                    ends_with_done(&flight, limit)
+                } else if is_json {
+                    parses_as_json(&flight, limit)
+                } else {
+                    true
+                };
                 if storable
                     && complete_stream
                     && let Some(body) = flight.recorded_body(None, limit)
@@ -206,6 +202,13 @@ async fn drive(
     };
     state.flights.close(&key, &flight);
     flight.finish(end);
+}
+
+/// A JSON body without a declared length is complete only if it parses.
+fn parses_as_json(flight: &Flight, limit: u64) -> bool {
+    flight
+        .recorded_body(None, limit)
+        .is_some_and(|b| serde_json::from_slice::<serde::de::IgnoredAny>(&b).is_ok())
 }
 
 /// An OpenAI stream finished normally only if its last event is `data: [DONE]`.
@@ -359,11 +362,12 @@ fn replay(hit: &CachedResponse, key: CacheKey, state: &AppState) -> HttpResponse
 }
 
 /// The head of a forwarded (MISS) or shared (COALESCED) response.
+/// `storable` says whether a MISS qualifies for the cache, and if not why (for the log).
 fn respond(
     head: &Head,
     cache: CacheStatus,
     forward: Forward,
-    stored: bool,
+    storable: Result<(), NoCacheReason>,
     key: CacheKey,
     state: &AppState,
 ) -> HttpResponseBuilder {
@@ -374,10 +378,11 @@ fn respond(
     out.insert_header((HeaderName::from_static(X_CACHE), cache.as_str()));
     out.insert_header((
         HeaderName::from_static(CACHE_STATUS),
-        cache_status_header(cache, forward, stored, None, None),
+        cache_status_header(cache, forward, storable.is_ok(), None, None),
     ));
     out.insert_header((HeaderName::from_static(X_CACHE_KEY), key_header(key)));
-    outcome(&mut out, state, cache, None, Some(head.status), Some(key));
+    let reason = storable.err();
+    outcome(&mut out, state, cache, reason, Some(head.status), Some(key));
     out
 }
 

@@ -281,3 +281,127 @@ async fn set_cookie_is_not_replayed_from_the_cache() {
     assert_eq!(x_cache(&hit), "HIT");
     assert!(hit.headers().get("set-cookie").is_none());
 }
+
+#[tokio::test]
+async fn reordered_json_hits_the_same_entry_and_is_forwarded_verbatim() {
+    let app = spawn_app(&[]).await;
+    Mock::given(method("POST"))
+        .respond_with(chat_ok())
+        .expect(1)
+        .mount(&app.upstream)
+        .await;
+    let first_body =
+        r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"temperature":0}"#;
+    let reordered = "{ \"temperature\": 0,\n  \"messages\": [ {\"content\": \"hi\", \"role\": \"user\"} ],\n  \"model\": \"gpt-4o-mini\" }";
+    let miss = app
+        .post_json("/v1/chat/completions", "sk-a", first_body)
+        .await;
+    assert_eq!(x_cache(&miss), "MISS");
+    let hit = app
+        .post_json("/v1/chat/completions", "sk-a", reordered)
+        .await;
+    assert_eq!(x_cache(&hit), "HIT");
+    assert_eq!(miss.headers()["x-cache-key"], hit.headers()["x-cache-key"]);
+    assert_eq!(hit.headers()["x-cache-key"].len(), 16);
+    // The proxy never rewrites what it sends: the upstream got the client's exact bytes.
+    let received = app.upstream.received_requests().await.unwrap();
+    assert_eq!(received[0].body, first_body.as_bytes());
+}
+
+#[tokio::test]
+async fn invalid_json_is_keyed_and_forwarded_as_raw_bytes() {
+    let app = spawn_app(&[]).await;
+    Mock::given(method("POST"))
+        .respond_with(chat_ok())
+        .expect(2)
+        .mount(&app.upstream)
+        .await;
+    for body in ["{not json", "{not  json"] {
+        let res = app.post_json("/v1/embeddings", "sk-a", body).await;
+        assert_eq!(
+            x_cache(&res),
+            "MISS",
+            "spacing matters when the body is not JSON"
+        );
+    }
+    let received = app.upstream.received_requests().await.unwrap();
+    assert_eq!(received[1].body, b"{not  json");
+}
+
+#[tokio::test]
+async fn no_cache_skips_the_lookup_and_refreshes_the_entry() {
+    let app = spawn_app(&[]).await;
+    Mock::given(method("POST"))
+        .respond_with(chat_ok().set_body_raw(r#"{"v":1}"#, "application/json"))
+        .up_to_n_times(1)
+        .mount(&app.upstream)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(chat_ok().set_body_raw(r#"{"v":2}"#, "application/json"))
+        .mount(&app.upstream)
+        .await;
+    let first = app.post_json("/v1/embeddings", "sk-a", "{}").await;
+    assert_eq!(
+        first.headers()["cache-status"],
+        "openai-cache-proxy; fwd=miss; stored"
+    );
+    let fresh = app
+        .client
+        .post(app.url("/v1/embeddings"))
+        .bearer_auth("sk-a")
+        .header("content-type", "application/json")
+        .header("cache-control", "no-cache")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(x_cache(&fresh), "MISS");
+    assert_eq!(
+        fresh.headers()["cache-status"],
+        "openai-cache-proxy; fwd=request; stored"
+    );
+    assert_eq!(fresh.text().await.unwrap(), r#"{"v":2}"#);
+    // The refreshed answer replaced the stored one.
+    let hit = app.post_json("/v1/embeddings", "sk-a", "{}").await;
+    assert_eq!(x_cache(&hit), "HIT");
+    let status = hit.headers()["cache-status"].to_str().unwrap().to_owned();
+    assert!(
+        status.starts_with("openai-cache-proxy; hit; ttl="),
+        "{status}"
+    );
+    let ttl: u64 = status.rsplit('=').next().unwrap().parse().unwrap();
+    assert!((299..=300).contains(&ttl), "{status}");
+    assert_eq!(hit.text().await.unwrap(), r#"{"v":2}"#);
+    assert_eq!(app.upstream_calls().await, 2);
+}
+
+#[tokio::test]
+async fn max_age_serves_only_young_enough_entries() {
+    let app = spawn_app(&[]).await;
+    Mock::given(method("POST"))
+        .respond_with(chat_ok())
+        .mount(&app.upstream)
+        .await;
+    let with_max_age = |secs: &'static str| {
+        app.client
+            .post(app.url("/v1/embeddings"))
+            .bearer_auth("sk-a")
+            .header("content-type", "application/json")
+            .header("cache-control", format!("max-age={secs}"))
+            .body("{}")
+            .send()
+    };
+    assert_eq!(x_cache(&with_max_age("60").await.unwrap()), "MISS");
+    assert_eq!(x_cache(&with_max_age("60").await.unwrap()), "HIT");
+    // Once the entry is a second old, max-age=0 refuses it and refreshes it.
+    let stale = eventually(Duration::from_secs(5), "the entry to age", || async {
+        let res = with_max_age("0").await.unwrap();
+        (x_cache(&res) == "MISS").then_some(res)
+    })
+    .await;
+    assert_eq!(
+        stale.headers()["cache-status"],
+        "openai-cache-proxy; fwd=stale; stored"
+    );
+    assert_eq!(app.upstream_calls().await, 2);
+}

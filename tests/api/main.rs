@@ -1,6 +1,7 @@
 //! All black-box API tests, linked into one binary.
 
 mod cache;
+mod coalescing;
 mod config;
 mod errors;
 mod helpers;
@@ -9,6 +10,8 @@ mod ops;
 mod outbound_proxy;
 mod proxy;
 mod rate_limit;
+mod sdk;
+mod sse_upstream;
 mod streaming;
 mod tinyproxy;
 mod tls_upstream;

@@ -1,0 +1,143 @@
+//! A hand-written upstream for streams and faults wiremock cannot script: chunked SSE held
+//! mid-way, streams without `[DONE]`, resets, and connections closed before any answer.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+pub const EVENTS: [&str; 3] = [
+    "data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n",
+    "data: {\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\n\n",
+    "data: [DONE]\n\n",
+];
+
+/// What the upstream does on one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Script {
+    /// All of `EVENTS`, then the end of the chunked body.
+    Complete,
+    /// The first event, then waits for `release()` before the rest (or notices the client
+    /// leaving, see `closed_early`).
+    HoldAfterFirst,
+    /// The first two events and a clean end, but no `[DONE]`.
+    NoDone,
+    /// The first event, then half a chunk, then the connection closes.
+    CutMidChunk,
+    /// Reads the request, waits for `release()`, and closes without answering.
+    CloseAfterRelease,
+    /// The first event, then 100 more every 50 ms; notices a write failing (client gone).
+    Slow,
+    /// Like `Complete`, after `release()`.
+    CompleteAfterRelease,
+}
+
+pub struct SseUpstream {
+    pub url: String,
+    /// Connections accepted so far.
+    pub connections: Arc<AtomicUsize>,
+    release: Arc<Notify>,
+    /// Notified when a held connection saw the client leave.
+    pub closed_early: Arc<Notify>,
+}
+
+impl SseUpstream {
+    /// Serves connection `n` (0-based) with `script(n)`.
+    pub async fn start(script: impl Fn(usize) -> Script + Send + Sync + 'static) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let release = Arc::new(Notify::new());
+        let closed_early = Arc::new(Notify::new());
+        let (count, rel, closed) = (connections.clone(), release.clone(), closed_early.clone());
+        tokio::spawn(async move {
+            while let Ok((sock, _)) = listener.accept().await {
+                let n = count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(sock, script(n), rel.clone(), closed.clone()));
+            }
+        });
+        Self {
+            url,
+            connections,
+            release,
+            closed_early,
+        }
+    }
+
+    /// Lets held connections (present and future) send the rest.
+    pub fn release(&self) {
+        self.release.notify_waiters();
+        self.release.notify_one();
+    }
+
+    pub fn calls(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+fn chunk(s: &str) -> String {
+    format!("{:x}\r\n{s}\r\n", s.len())
+}
+
+async fn serve(mut sock: TcpStream, script: Script, release: Arc<Notify>, closed: Arc<Notify>) {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match sock.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    if script == Script::CloseAfterRelease {
+        release.notified().await;
+        return;
+    }
+    if script == Script::CompleteAfterRelease {
+        release.notified().await;
+    }
+    // `connection: close`: a pooled connection would carry the next request to a script
+    // that serves one response per connection.
+    let start = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+    let first = format!("{start}{}", chunk(EVENTS[0]));
+    if sock.write_all(first.as_bytes()).await.is_err() {
+        return;
+    }
+    let rest: &[&str] = match script {
+        Script::HoldAfterFirst => {
+            tokio::select! {
+                _ = release.notified() => {}
+                // The proxy closing the connection shows up as end of input.
+                _ = sock.read(&mut buf) => {
+                    closed.notify_one();
+                    return;
+                }
+            }
+            &EVENTS[1..]
+        }
+        Script::NoDone => &EVENTS[1..2],
+        Script::Slow => {
+            for _ in 0..100 {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                if sock.write_all(chunk(EVENTS[1]).as_bytes()).await.is_err() {
+                    closed.notify_one();
+                    return;
+                }
+            }
+            &EVENTS[2..]
+        }
+        Script::CutMidChunk => {
+            // Drop with unread request bytes pending would reset; close the write side abruptly
+            // instead by shutting down mid-chunk: the body ends without its terminator.
+            let _ = sock.write_all(b"5\r\nda").await;
+            return;
+        }
+        _ => &EVENTS[1..],
+    };
+    let body: String = rest.iter().map(|e| chunk(e)).collect();
+    let _ = sock.write_all(format!("{body}0\r\n\r\n").as_bytes()).await;
+    let _ = sock.flush().await;
+    // Keep the connection open for reuse until the client closes it.
+    let _ = sock.read(&mut buf).await;
+}
