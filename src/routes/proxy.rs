@@ -34,12 +34,12 @@ pub async fn forward(
 ) -> Result<HttpResponse, ProxyError> {
     reject_dot_segments(req.path())?;
     let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    let url = format!("{}{}", state.upstream_base, path_and_query);
+    let url = || format!("{}{}", state.upstream_base, path_and_query);
 
     let directives = match request_policy(req.method(), req.path(), req.headers()) {
         Ok(d) => d,
         Err(reason) => {
-            let upstream = build_upstream_request(&client, &req, &url);
+            let upstream = build_upstream_request(&client, &req, &url());
             let res = send_streaming(upstream, &req, payload, &state).await?;
             return Ok(relay(res, reason, &state));
         }
@@ -66,7 +66,7 @@ pub async fn forward(
         }
         match state.flights.join(key) {
             Role::Leader(flight, reader) => {
-                let upstream = build_upstream_request(&client, &req, &url);
+                let upstream = build_upstream_request(&client, &req, &url());
                 return lead(upstream, body, flight, reader, key, forward, &state).await;
             }
             Role::Follower(mut reader) => match reader.head().await {

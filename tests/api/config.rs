@@ -25,6 +25,25 @@ pub fn command(vars: &[(&str, &str)]) -> Command {
     cmd
 }
 
+/// Runs the binary on a free loopback port with `vars`, once it answers `/health`.
+pub async fn start_binary(vars: &[(&str, &str)]) -> (tokio::process::Child, String) {
+    let port = closed_port().to_string();
+    let mut all = vec![("PORT", port.as_str()), ("HOST", "127.0.0.1")];
+    all.extend_from_slice(vars);
+    let child = command(&all).spawn().expect("the binary starts");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = client();
+    eventually(Duration::from_secs(10), "the proxy to listen", || async {
+        http.get(format!("{base}/health"))
+            .send()
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    (child, base)
+}
+
 #[tokio::test]
 async fn bad_environment_values_stop_the_process_with_exit_code_2() {
     for (var, value, shown) in [
@@ -91,24 +110,8 @@ async fn stop_signal_drains(signal: Signal) {
         )
         .mount(&upstream)
         .await;
-    let port = closed_port().to_string();
-    let child = command(&[
-        ("PORT", &port),
-        ("HOST", "127.0.0.1"),
-        ("OPENAI_API_URL", &upstream.uri()),
-    ])
-    .spawn()
-    .expect("the binary starts");
-    let base = format!("http://127.0.0.1:{port}");
+    let (child, base) = start_binary(&[("OPENAI_API_URL", &upstream.uri())]).await;
     let http = client();
-    eventually(Duration::from_secs(10), "the proxy to listen", || async {
-        http.get(format!("{base}/health"))
-            .send()
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await;
 
     let in_flight = tokio::spawn({
         let http = http.clone();

@@ -1,12 +1,10 @@
 //! Logs: one structured line per request, and never a secret, even at trace level.
 
-use std::time::Duration;
-
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::config::command;
-use crate::helpers::{CHAT_ANSWER, CHAT_BODY, client, closed_port, eventually};
+use crate::config::start_binary;
+use crate::helpers::{CHAT_ANSWER, CHAT_BODY, client};
 use crate::tinyproxy::{PROXY_PASSWORD, PROXY_USER, Tinyproxy};
 
 const API_KEY: &str = "sk-live-DO-NOT-LOG-4f9a8b7c";
@@ -19,31 +17,18 @@ async fn no_secret_appears_in_logs_at_trace_level() {
         .respond_with(ResponseTemplate::new(200).set_body_raw(CHAT_ANSWER, "application/json"))
         .mount(&upstream)
         .await;
-    let port = closed_port().to_string();
     // Upstream traffic really goes through an authenticating proxy.
     let tinyproxy = Tinyproxy::start(true).await;
     let proxy_url = tinyproxy.url(Some((PROXY_USER, PROXY_PASSWORD)));
-    let mut child = command(&[
-        ("PORT", &port),
-        ("HOST", "127.0.0.1"),
+    let (mut child, base) = start_binary(&[
         ("OPENAI_API_URL", &upstream.uri()),
         ("ADMIN_TOKEN", ADMIN_TOKEN),
         ("PROXY_URL", &proxy_url),
         ("RUST_LOG", "trace"),
         ("LOG_FORMAT", "json"),
     ])
-    .spawn()
-    .expect("the binary starts");
-    let base = format!("http://127.0.0.1:{port}");
-    let http = client();
-    eventually(Duration::from_secs(10), "the proxy to listen", || async {
-        http.get(format!("{base}/health"))
-            .send()
-            .await
-            .ok()
-            .map(|_| ())
-    })
     .await;
+    let http = client();
 
     for path in ["/v1/chat/completions", "/v1/chat/completions", "/v1/files"] {
         let res = http
