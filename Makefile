@@ -9,7 +9,7 @@ help:
 	@echo "make test   - install test dependencies, then run every test"
 	@echo "make lint   - cargo fmt --check and clippy with warnings denied"
 	@echo "make fmt    - format the code"
-	@echo "make bench  - cache-hit throughput vs a bare actix-web handler (release build, wrk)"
+	@echo "make bench  - cache-hit throughput vs a bare actix-web handler, and added stream TTFB (release, wrk)"
 	@echo "make docker - build the container image (needs a Docker engine)"
 
 run:

@@ -34,6 +34,8 @@ pub struct Config {
     pub rate_limit: u32,
     pub cache_ttl: Duration,
     pub request_timeout: Duration,
+    /// Longest silence allowed between two chunks of an upstream body.
+    pub upstream_idle_timeout: Duration,
     pub connect_timeout: Duration,
     pub shutdown_timeout: Duration,
     /// Cache capacity in bytes (MAX_CACHE_SIZE is given in MB).
@@ -154,6 +156,7 @@ struct RawConfig {
     rate_limit: Option<String>,
     cache_ttl: Option<String>,
     request_timeout: Option<String>,
+    upstream_idle_timeout: Option<String>,
     connect_timeout: Option<String>,
     shutdown_timeout: Option<String>,
     max_cache_size: Option<String>,
@@ -179,6 +182,7 @@ pub const VARIABLES: &[&str] = &[
     "RATE_LIMIT",
     "CACHE_TTL",
     "REQUEST_TIMEOUT",
+    "UPSTREAM_IDLE_TIMEOUT",
     "CONNECT_TIMEOUT",
     "MAX_CACHE_SIZE",
     "MAX_ENTRY_SIZE_BYTES",
@@ -300,6 +304,11 @@ impl RawConfig {
                 "REQUEST_TIMEOUT",
                 self.request_timeout,
                 Duration::from_secs(30),
+            )?,
+            upstream_idle_timeout: parse_duration(
+                "UPSTREAM_IDLE_TIMEOUT",
+                self.upstream_idle_timeout,
+                Duration::from_secs(60),
             )?,
             connect_timeout: parse_duration(
                 "CONNECT_TIMEOUT",

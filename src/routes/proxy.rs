@@ -145,14 +145,19 @@ async fn drive(
         .unwrap_or_default();
     let is_event_stream = content_type.starts_with("text/event-stream");
     let is_json = content_type.starts_with("application/json");
+    let idle = state.config.upstream_idle_timeout;
     let mut received = 0u64;
     let end = loop {
         let next = tokio::select! {
             _ = flight.abandoned() => break End::Broken,
             next = async {
                 flight.room_to_read().await;
-                res.next().await
+                tokio::time::timeout(idle, res.next()).await
             } => next,
+        };
+        let Ok(next) = next else {
+            tracing::warn!(idle = ?idle, "upstream body went silent");
+            break End::Broken;
         };
         match next {
             Some(Ok(chunk)) => {
@@ -163,7 +168,7 @@ async fn drive(
                     if storable && let Some(body) = flight.recorded_body(Some(&chunk), limit) {
                         store(&state, key, &head, body).await;
                     }
-                    let _ = res.next().await;
+                    let _ = tokio::time::timeout(idle, res.next()).await;
                     drop(res);
                     flight.push(chunk, limit);
                     state.flights.close(&key, &flight);
@@ -332,10 +337,32 @@ fn relay(res: UpstreamResponse, reason: NoCacheReason, state: &AppState) -> Http
         Some(status),
         None,
     );
-    match content_length(res.headers()) {
-        Some(n) if has_body(status) => out.body(SizedStream::new(n, res)),
-        _ => out.body(BodyStream::new(res)),
+    let length = content_length(res.headers());
+    let body = Box::pin(idle_limited(res, state.config.upstream_idle_timeout));
+    match length {
+        Some(n) if has_body(status) => out.body(SizedStream::new(n, body)),
+        _ => out.body(BodyStream::new(body)),
     }
+}
+
+/// The upstream body, ended with an error if it stays silent for longer than `idle`.
+fn idle_limited(
+    res: UpstreamResponse,
+    idle: std::time::Duration,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> {
+    futures_util::stream::unfold(Some(res), move |res| async move {
+        let mut res = res?;
+        match tokio::time::timeout(idle, res.next()).await {
+            Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(res))),
+            Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), None)),
+            Ok(None) => None,
+            Err(_) => {
+                tracing::warn!(idle = ?idle, "upstream body went silent");
+                let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "upstream idle");
+                Some((Err(e), None))
+            }
+        }
+    })
 }
 
 /// A cache hit, byte-identical to the stored response, with its age.

@@ -4,6 +4,7 @@ mod cache;
 mod coalescing;
 mod config;
 mod errors;
+mod faults;
 mod helpers;
 mod logging;
 mod ops;

@@ -32,6 +32,10 @@ pub enum Script {
     Slow,
     /// Like `Complete`, after `release()`.
     CompleteAfterRelease,
+    /// A JSON response announcing 100 bytes, sending 11, then closing.
+    ShortBody,
+    /// A reply that is not HTTP at all.
+    Garbage,
 }
 
 pub struct SseUpstream {
@@ -92,6 +96,18 @@ async fn serve(mut sock: TcpStream, script: Script, release: Arc<Notify>, closed
     }
     if script == Script::CloseAfterRelease {
         release.notified().await;
+        return;
+    }
+    if script == Script::ShortBody {
+        let head =
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n";
+        let _ = sock
+            .write_all(format!("{head}{{\"partial\":").as_bytes())
+            .await;
+        return;
+    }
+    if script == Script::Garbage {
+        let _ = sock.write_all(b"SMTP ready, not HTTP\r\n\r\n").await;
         return;
     }
     if script == Script::CompleteAfterRelease {

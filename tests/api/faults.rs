@@ -1,0 +1,79 @@
+//! Upstream faults: the client gets a clear failure and nothing partial is stored.
+
+use crate::helpers::{assert_openai_error, client, spawn_proxy, x_cache};
+use crate::sse_upstream::{EVENTS, Script, SseUpstream};
+
+async fn post(address: &str, path: &str) -> reqwest::Response {
+    client()
+        .post(format!("{address}{path}"))
+        .header("content-type", "application/json")
+        .body(r#"{"stream":true}"#)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn read_all(mut res: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(c) = res.chunk().await? {
+        body.extend_from_slice(&c);
+    }
+    Ok(body)
+}
+
+#[tokio::test]
+async fn a_silent_upstream_body_is_cut_off_after_the_idle_timeout() {
+    for path in ["/v1/chat/completions", "/v1/files"] {
+        let upstream = SseUpstream::start(|_| Script::HoldAfterFirst).await;
+        let address = spawn_proxy(&upstream.url, &[("UPSTREAM_IDLE_TIMEOUT", "300ms")]);
+        for _ in 0..2 {
+            let res = post(&address, path).await;
+            assert_eq!(res.status(), 200);
+            let body = read_all(res).await;
+            // The client sees the first event, then the body breaks off.
+            assert!(body.is_err(), "{path}: {body:?}");
+        }
+        assert_eq!(upstream.calls(), 2, "{path}: nothing was stored");
+    }
+}
+
+#[tokio::test]
+async fn a_body_shorter_than_its_content_length_is_an_error_and_not_stored() {
+    let upstream = SseUpstream::start(|_| Script::ShortBody).await;
+    let address = spawn_proxy(&upstream.url, &[]);
+    for _ in 0..2 {
+        let res = post(&address, "/v1/chat/completions").await;
+        assert_eq!(x_cache(&res), "MISS");
+        assert!(read_all(res).await.is_err());
+    }
+    assert_eq!(upstream.calls(), 2);
+}
+
+#[tokio::test]
+async fn invalid_http_from_the_upstream_gives_502() {
+    let upstream = SseUpstream::start(|_| Script::Garbage).await;
+    let address = spawn_proxy(&upstream.url, &[]);
+    for path in ["/v1/chat/completions", "/v1/files"] {
+        let res = post(&address, path).await;
+        assert_openai_error(res, 502, "upstream_unavailable").await;
+    }
+}
+
+#[tokio::test]
+async fn a_connection_closed_before_any_answer_gives_502_and_the_proxy_keeps_serving() {
+    let upstream = SseUpstream::start(|n| {
+        if n == 0 {
+            Script::CloseAfterRelease
+        } else {
+            Script::Complete
+        }
+    })
+    .await;
+    upstream.release();
+    let address = spawn_proxy(&upstream.url, &[]);
+    let res = post(&address, "/v1/chat/completions").await;
+    assert_openai_error(res, 502, "upstream_unavailable").await;
+    let res = post(&address, "/v1/chat/completions").await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(read_all(res).await.unwrap(), EVENTS.concat().as_bytes());
+}
