@@ -723,4 +723,41 @@ mod tests {
             );
         }
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn name() -> impl Strategy<Value = String> {
+            prop_oneof![
+                prop::sample::select(VARIABLES.to_vec()).prop_map(str::to_owned),
+                prop::sample::select(vec!["HTTPS_PROXY", "http_proxy", "no_proxy", "port"])
+                    .prop_map(str::to_owned),
+                "[A-Za-z_]{1,12}",
+            ]
+        }
+
+        proptest! {
+            /// Any environment either parses or names one variable; it never panics.
+            #[test]
+            fn arbitrary_environments_never_panic(
+                vars in prop::collection::vec((name(), "\\PC{0,24}"), 0..12),
+                from_env in any::<bool>(),
+            ) {
+                let mut vars = vars;
+                // EXTRA_CA_FILE names a file to read: keep it to paths that cannot block.
+                vars.retain(|(k, v)| k != "EXTRA_CA_FILE" || !v.starts_with('/'));
+                if from_env {
+                    vars.push(("PROXY_FROM_ENV".into(), "true".into()));
+                }
+                if let Err(e) = Config::from_vars(vars.clone()) {
+                    let known = VARIABLES.contains(&e.variable)
+                        || ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "environment"]
+                            .contains(&e.variable);
+                    prop_assert!(known, "{e}");
+                    prop_assert!(e.to_string().contains(e.variable));
+                }
+            }
+        }
+    }
 }

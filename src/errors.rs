@@ -20,6 +20,8 @@ pub enum ProxyError {
     PayloadTooLarge { limit: u64 },
     #[error("Rate limit exceeded: {limit} requests per minute per client")]
     RateLimited { retry_after: Duration, limit: u32 },
+    #[error("The request body did not arrive within {0:?}")]
+    RequestTimeout(Duration),
     #[error("Missing or invalid admin token")]
     Unauthorized,
     #[error("Unknown path {0}")]
@@ -47,6 +49,7 @@ impl ProxyError {
         match self {
             Self::InvalidRequest(_) => ("invalid_request_error", "invalid_request"),
             Self::PayloadTooLarge { .. } => ("invalid_request_error", "payload_too_large"),
+            Self::RequestTimeout(_) => ("invalid_request_error", "request_timeout"),
             Self::RateLimited { .. } => ("rate_limit_exceeded", "rate_limit_exceeded"),
             Self::Unauthorized => ("authentication_error", "invalid_admin_token"),
             Self::NotFound(_) => ("invalid_request_error", "not_found"),
@@ -66,6 +69,7 @@ impl ResponseError for ProxyError {
         match self {
             Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::NotFound(_) => StatusCode::NOT_FOUND,

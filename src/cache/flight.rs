@@ -455,4 +455,44 @@ mod tests {
             .await
             .expect("abandonment is noticed");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Whatever the chunk boundaries and whenever a follower joins, every reader
+            /// gets the upstream bytes unchanged, and the recorded entry is those bytes.
+            #[test]
+            fn any_chunking_is_relayed_and_recorded_byte_identical(
+                chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..64), 0..24),
+                join_at in 0usize..24,
+            ) {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                rt.block_on(async {
+                    let flights = Flights::default();
+                    let Role::Leader(flight, mut leader) = flights.join(key(9)) else { panic!("leader") };
+                    flight.set_head(head());
+                    let mut follower = None;
+                    for (i, c) in chunks.iter().enumerate() {
+                        if i == join_at {
+                            follower = Some(flight.reader());
+                        }
+                        flight.push(Bytes::from(c.clone()), u64::MAX);
+                    }
+                    flight.finish(End::Complete);
+                    let expected: Vec<u8> = chunks.concat();
+                    prop_assert_eq!(flight.recorded_body(None, u64::MAX).unwrap().to_vec(), expected.clone());
+                    for r in [Some(&mut leader), follower.as_mut()].into_iter().flatten() {
+                        let mut got = Vec::new();
+                        while let Some(c) = r.next_chunk().await {
+                            got.extend_from_slice(&c.unwrap());
+                        }
+                        prop_assert_eq!(&got, &expected);
+                    }
+                    Ok(())
+                })?;
+            }
+        }
+    }
 }

@@ -15,6 +15,7 @@ use crate::cache::{
     CacheKey, CacheStatus, CachedResponse, End, Flight, Forward, Head, NoCacheReason, Reader, Role,
     cache_status_header, request_policy, response_policy,
 };
+use crate::config::Config;
 use crate::errors::ProxyError;
 use crate::headers::{
     CACHE_STATUS, X_CACHE, X_CACHE_KEY, X_CACHE_TIMESTAMP, X_FORWARDED_FOR, end_to_end,
@@ -45,7 +46,7 @@ pub async fn forward(
         }
     };
 
-    let body = read_limited(&req, payload, state.config.max_body_size_bytes).await?;
+    let body = read_limited(&req, payload, &state.config).await?;
     let key = CacheKey::compute(req.method().as_str(), path_and_query, req.headers(), &body);
     let mut forward = if directives.lookup {
         Forward::Miss
@@ -288,18 +289,23 @@ fn failed(err: &awc::error::SendRequestError, state: &AppState) -> ProxyError {
     upstream_error(err, &state.config)
 }
 
-/// Buffers a cacheable request body for hashing, refusing more than `limit` bytes.
+/// Buffers a cacheable request body for hashing, refusing more than MAX_BODY_SIZE_BYTES and
+/// a client that takes longer than REQUEST_TIMEOUT to send it (nothing goes upstream then).
 async fn read_limited(
     req: &HttpRequest,
     payload: web::Payload,
-    limit: u64,
+    config: &Config,
 ) -> Result<Bytes, ProxyError> {
+    let limit = config.max_body_size_bytes;
     let too_large = ProxyError::PayloadTooLarge { limit };
     if content_length(req.headers()).is_some_and(|n| n > limit) {
         return Err(too_large);
     }
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    match payload.to_bytes_limited(limit).await {
+    let read = payload.to_bytes_limited(usize::try_from(limit).unwrap_or(usize::MAX));
+    let read = tokio::time::timeout(config.request_timeout, read)
+        .await
+        .map_err(|_| ProxyError::RequestTimeout(config.request_timeout))?;
+    match read {
         Ok(Ok(body)) => Ok(body),
         Ok(Err(_)) => Err(ProxyError::InvalidRequest(
             "The request body could not be read",

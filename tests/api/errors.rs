@@ -104,3 +104,46 @@ async fn dot_segments_cannot_climb_out_of_v1() {
     }
     assert_eq!(app.upstream_calls().await, 0);
 }
+
+#[tokio::test]
+async fn a_client_that_stalls_mid_body_gets_408_and_nothing_goes_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = spawn_app(&[("REQUEST_TIMEOUT", "300ms")]).await;
+    let host = app.address.trim_start_matches("http://");
+    let mut sock = tokio::net::TcpStream::connect(host).await.unwrap();
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"model\":"
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        while !reply.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = sock.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed without an answer");
+            reply.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("the proxy answers a stalled body");
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert_eq!(app.upstream_calls().await, 0);
+}
+
+#[tokio::test]
+async fn an_oversized_header_block_is_refused_before_the_upstream() {
+    let app = spawn_app(&[]).await;
+    let big = "x".repeat(200 * 1024);
+    let res = app
+        .client
+        .get(app.url("/v1/models"))
+        .header("x-big", big)
+        .send()
+        .await;
+    // actix answers a header block over its 128 KiB buffer with 431.
+    assert_eq!(res.expect("the proxy answers").status(), 431);
+    let ok = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(ok.status(), 200, "the proxy keeps serving");
+    assert_eq!(app.upstream_calls().await, 0);
+}
