@@ -10,6 +10,7 @@ use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::helpers::{client, closed_port, eventually};
+use crate::sse_upstream::{EVENTS, Script, SseUpstream};
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_openai-cache-proxy");
 
@@ -91,8 +92,56 @@ async fn bad_environment_values_stop_the_process_with_exit_code_2() {
 }
 
 #[tokio::test]
-async fn sigterm_lets_in_flight_requests_finish() {
-    stop_signal_drains(Signal::SIGTERM).await;
+async fn sigterm_lets_a_hundred_in_flight_requests_finish_and_refuses_new_ones() {
+    // Every upstream answer is a 5 s stream; half the requests are cacheable misses (each
+    // its own flight), half bypass the cache.
+    let upstream = SseUpstream::start(|_| Script::Slow).await;
+    let (child, base) =
+        start_binary(&[("OPENAI_API_URL", &upstream.url), ("RATE_LIMIT", "0")]).await;
+    let http = client();
+    let requests: Vec<_> = (0..100)
+        .map(|i| {
+            let path = if i % 2 == 0 {
+                "/v1/chat/completions"
+            } else {
+                "/v1/files"
+            };
+            let req = http
+                .post(format!("{base}{path}"))
+                .header("content-type", "application/json")
+                .body(format!(r#"{{"stream":true,"n":{i}}}"#));
+            tokio::spawn(async move { req.send().await?.text().await })
+        })
+        .collect();
+    eventually(Duration::from_secs(20), "100 upstream calls", || async {
+        (upstream.calls() == 100).then_some(())
+    })
+    .await;
+    let pid = Pid::from_raw(i32::try_from(child.id().expect("running")).unwrap());
+    kill(pid, Signal::SIGTERM).expect("SIGTERM delivered");
+
+    let port = base.rsplit(':').next().unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "new connections to be refused",
+        || async {
+            tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+                .await
+                .is_err()
+                .then_some(())
+        },
+    )
+    .await;
+    let expected = format!("{}{}{}", EVENTS[0], EVENTS[1].repeat(100), EVENTS[2]);
+    for r in requests {
+        let body = r.await.unwrap().expect("an in-flight request completes");
+        assert_eq!(body, expected);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("the process exits after draining")
+        .unwrap();
+    assert!(out.status.success(), "{}", out.status);
 }
 
 #[tokio::test]
