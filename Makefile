@@ -20,12 +20,19 @@ run:
 test-deps:
 	@bash .ci/test-deps
 
+# Every test; the proxy's own logs of the whole run go to target/test-logs at trace level
+# (the tests' HTTP client and mock server are left out) and are scanned for secrets.
+TEST_LOG_DIR := $(CURDIR)/target/test-logs
+SCAN_LEVEL := trace,hyper=off,hyper_util=off,reqwest=off,wiremock=off,h2=off
 test: test-deps
+	@rm -rf $(TEST_LOG_DIR)
 	@if cargo nextest --version >/dev/null 2>&1; then \
-		cargo nextest run --no-fail-fast; \
+		OCP_TEST_LOG_DIR=$(TEST_LOG_DIR) RUST_LOG='$(SCAN_LEVEL)' cargo nextest run --no-fail-fast; \
 	else \
-		echo "cargo-nextest not found; using cargo test"; cargo test --no-fail-fast; \
+		echo "cargo-nextest not found; using cargo test"; \
+		OCP_TEST_LOG_DIR=$(TEST_LOG_DIR) RUST_LOG='$(SCAN_LEVEL)' cargo test --no-fail-fast; \
 	fi
+	@SCAN_LEVEL='$(SCAN_LEVEL)' bash .ci/secret-scan $(TEST_LOG_DIR)
 
 lint:
 	cargo fmt --all -- --check

@@ -176,3 +176,25 @@ async fn different_requests_are_never_coalesced() {
         assert_eq!(x_cache(&res), "MISS");
     }
 }
+
+#[tokio::test]
+async fn streams_for_different_api_keys_are_never_shared() {
+    let upstream = SseUpstream::start(|_| Script::HoldAfterFirst).await;
+    let address = spawn_proxy(&upstream.url, &[]);
+    let http = client();
+    let send = |key: &str| {
+        http.post(format!("{address}/v1/chat/completions"))
+            .bearer_auth(key)
+            .header("content-type", "application/json")
+            .body(r#"{"stream":true}"#)
+            .send()
+    };
+    let mut a = send("sk-a").await.unwrap();
+    let mut b = send("sk-b").await.unwrap();
+    assert_eq!((x_cache(&a), x_cache(&b)), ("MISS", "MISS"));
+    assert_ne!(a.headers()["x-cache-key"], b.headers()["x-cache-key"]);
+    assert_eq!(a.chunk().await.unwrap().unwrap(), EVENTS[0]);
+    assert_eq!(b.chunk().await.unwrap().unwrap(), EVENTS[0]);
+    assert_eq!(upstream.calls(), 2, "one upstream call per API key");
+    upstream.release();
+}

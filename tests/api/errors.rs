@@ -97,6 +97,8 @@ async fn dot_segments_cannot_climb_out_of_v1() {
         "/v1/%2E%2E/cache",
         "/v1/models/%2e%2e/%2e%2e/admin",
         "/v1/./models",
+        "/v1/models%2F..%2F..%2Fstats",
+        "/v1/models%2f%2e%2e%2fcache",
     ] {
         let (status, body) = raw_request(&app.address, "GET", path).await;
         assert_eq!(status, 400, "{path}: {body}");

@@ -6,9 +6,17 @@ use std::time::Duration;
 use openai_cache_proxy::{Application, Config, config::LogFormat, telemetry};
 use wiremock::MockServer;
 
+/// Logs go nowhere, to stdout with TEST_LOG set, or with OCP_TEST_LOG_DIR set to a file of
+/// this test process's own there (`make test` scans those files for secrets).
 static TRACING: LazyLock<()> = LazyLock::new(|| {
-    let filter = telemetry::env_filter(None, "info").expect("default filter parses");
-    if std::env::var("TEST_LOG").is_ok() {
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter = telemetry::env_filter(rust_log.as_deref(), "info").expect("RUST_LOG parses");
+    if let Ok(dir) = std::env::var("OCP_TEST_LOG_DIR") {
+        std::fs::create_dir_all(&dir).expect("log dir");
+        let file = std::path::Path::new(&dir).join(format!("test-{}.log", std::process::id()));
+        let file = std::fs::File::create(file).expect("log file");
+        telemetry::init(LogFormat::Json, filter, std::sync::Mutex::new(file));
+    } else if std::env::var("TEST_LOG").is_ok() {
         telemetry::init(LogFormat::Pretty, filter, std::io::stdout);
     } else {
         telemetry::init(LogFormat::Pretty, filter, std::io::sink);
