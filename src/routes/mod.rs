@@ -1,5 +1,6 @@
 //! The one list of routes.
 
+mod fill;
 mod ops;
 mod proxy;
 

@@ -1,0 +1,126 @@
+//! Filling a flight from the upstream body, and storing the response once it is complete.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use actix_web::http::header;
+use actix_web::web;
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use crate::cache::{CacheKey, CachedResponse, End, Flight, Head};
+use crate::startup::AppState;
+
+/// Reads the upstream body into the flight until it ends or every reader has left (which
+/// drops, and so cancels, the upstream request). Stores a complete, storable response before
+/// any reader can see it end, so the next identical request is a hit.
+pub async fn drive(
+    flight: Arc<Flight>,
+    mut res: awc::ClientResponse,
+    key: CacheKey,
+    storable: bool,
+    head: Head,
+    state: web::Data<AppState>,
+) {
+    let limit = if storable {
+        state.cache.max_entry_bytes()
+    } else {
+        0
+    };
+    let content_type = head
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_ascii_lowercase)
+        .unwrap_or_default();
+    let is_event_stream = content_type.starts_with("text/event-stream");
+    let is_json = content_type.starts_with("application/json");
+    let idle = state.config.upstream_idle_timeout;
+    let mut received = 0u64;
+    let end = loop {
+        let next = tokio::select! {
+            _ = flight.abandoned() => break End::Broken,
+            next = async {
+                flight.room_to_read().await;
+                tokio::time::timeout(idle, res.next()).await
+            } => next,
+        };
+        let Ok(next) = next else {
+            tracing::warn!(idle = ?idle, "upstream body went silent");
+            break End::Broken;
+        };
+        match next {
+            Some(Ok(chunk)) => {
+                received += chunk.len() as u64;
+                // With a known length the client sees the end with this chunk: store first,
+                // and let awc see the body's end so the connection goes back to the pool.
+                if head.content_length == Some(received) {
+                    if storable && let Some(body) = flight.recorded_body(Some(&chunk), limit) {
+                        store(&state, key, &head, body).await;
+                    }
+                    let _ = tokio::time::timeout(idle, res.next()).await;
+                    drop(res);
+                    flight.push(chunk, limit);
+                    state.flights.close(&key, &flight);
+                    flight.finish(End::Complete);
+                    return;
+                }
+                if !flight.push(chunk, limit) {
+                    // Too big to store: nobody new may join; readers stream it through.
+                    state.flights.close(&key, &flight);
+                }
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "upstream body broke off");
+                break End::Broken;
+            }
+            None if head.content_length.is_some_and(|n| n != received) => break End::Broken,
+            // awc also ends a chunked body cut off by EOF this way, so completeness is checked
+            // from the content: `[DONE]` for streams, well-formed JSON for JSON.
+            None => {
+                let complete_stream = if is_event_stream {
+                    ends_with_done(&flight, limit)
+                } else if is_json {
+                    parses_as_json(&flight, limit)
+                } else {
+                    true
+                };
+                if storable
+                    && complete_stream
+                    && let Some(body) = flight.recorded_body(None, limit)
+                {
+                    store(&state, key, &head, body).await;
+                }
+                break End::Complete;
+            }
+        }
+    };
+    state.flights.close(&key, &flight);
+    flight.finish(end);
+}
+
+/// A JSON body without a declared length is complete only if it parses.
+fn parses_as_json(flight: &Flight, limit: u64) -> bool {
+    flight
+        .recorded_body(None, limit)
+        .is_some_and(|b| serde_json::from_slice::<serde::de::IgnoredAny>(&b).is_ok())
+}
+
+/// An OpenAI stream finished normally only if its last event is `data: [DONE]`.
+fn ends_with_done(flight: &Flight, limit: u64) -> bool {
+    flight
+        .recorded_body(None, limit)
+        .is_some_and(|b| b.trim_ascii_end().ends_with(b"data: [DONE]"))
+}
+
+async fn store(state: &AppState, key: CacheKey, head: &Head, body: Bytes) {
+    let mut headers = head.headers.clone();
+    headers.remove(header::SET_COOKIE);
+    let entry = CachedResponse {
+        status: head.status,
+        headers,
+        body,
+        stored_at: SystemTime::now(),
+    };
+    state.cache.insert(key, entry).await;
+}
