@@ -94,14 +94,17 @@ async fn lead(
     forward: Forward,
     state: &web::Data<AppState>,
 ) -> Result<HttpResponse, ProxyError> {
-    let res = match upstream.send_body(body).await {
-        Ok(res) => res,
-        Err(e) => {
-            state.flights.close(&key, &flight);
-            flight.finish(End::NoResponse);
-            return Err(failed(&e, state));
-        }
+    // Until the driver takes over, failing or being dropped (the client went away) must
+    // release the followers, or they would wait for a head that never comes.
+    let mut unanswered = Unanswered {
+        state,
+        key,
+        flight: Some(flight.clone()),
     };
+    let res = upstream
+        .send_body(body)
+        .await
+        .map_err(|e| failed(&e, state))?;
     let head = Head {
         status: res.status(),
         headers: end_to_end(res.headers())
@@ -120,7 +123,24 @@ async fn lead(
         head.clone(),
         state.clone(),
     ));
+    unanswered.flight = None;
     Ok(with_body(out, &head, reader))
+}
+
+/// Ends a flight as `NoResponse` when dropped while still armed.
+struct Unanswered<'a> {
+    state: &'a AppState,
+    key: CacheKey,
+    flight: Option<Arc<Flight>>,
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if let Some(flight) = self.flight.take() {
+            self.state.flights.close(&self.key, &flight);
+            flight.finish(End::NoResponse);
+        }
+    }
 }
 
 /// A request for the upstream carrying the client's end-to-end headers, with this hop

@@ -198,3 +198,42 @@ async fn streams_for_different_api_keys_are_never_shared() {
     assert_eq!(upstream.calls(), 2, "one upstream call per API key");
     upstream.release();
 }
+
+#[tokio::test]
+async fn followers_are_not_stranded_when_the_leader_goes_away_before_the_answer() {
+    let app = spawn_app(&[]).await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_raw(CHAT_ANSWER, "application/json")
+                .set_delay(Duration::from_millis(800)),
+        )
+        .mount(&app.upstream)
+        .await;
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let leader = tokio::spawn(
+        impatient
+            .post(app.url("/v1/chat/completions"))
+            .bearer_auth("sk-a")
+            .header("content-type", "application/json")
+            .body(CHAT_BODY)
+            .send(),
+    );
+    eventually(Duration::from_secs(5), "the leader's flight", || async {
+        (app.stats(None).await["cache"]["in_flight_clients"] == 1).then_some(())
+    })
+    .await;
+    let follower = tokio::time::timeout(
+        Duration::from_secs(10),
+        app.post_json("/v1/chat/completions", "sk-a", CHAT_BODY),
+    );
+    let (leader, follower) = tokio::join!(leader, follower);
+    assert!(leader.unwrap().is_err(), "the leader gave up");
+    // Whether or not the proxy noticed the leader leaving, the follower gets an answer.
+    let follower = follower.expect("the follower is not stranded");
+    assert_eq!(follower.status(), 200);
+    assert_eq!(follower.text().await.unwrap(), CHAT_ANSWER);
+}
