@@ -78,17 +78,21 @@ pub async fn drive(
             // awc also ends a chunked body cut off by EOF this way, so completeness is checked
             // from the content: `[DONE]` for streams, well-formed JSON for JSON.
             None => {
-                let complete_stream = if is_event_stream {
-                    ends_with_done(&flight, limit)
-                } else if is_json {
-                    parses_as_json(&flight, limit)
+                let body = if storable {
+                    flight.recorded_body(None, limit)
                 } else {
-                    true
+                    None
                 };
-                if storable
-                    && complete_stream
-                    && let Some(body) = flight.recorded_body(None, limit)
-                {
+                let complete = |b: &Bytes| {
+                    if is_event_stream {
+                        b.trim_ascii_end().ends_with(b"data: [DONE]")
+                    } else if is_json {
+                        serde_json::from_slice::<serde::de::IgnoredAny>(b).is_ok()
+                    } else {
+                        true
+                    }
+                };
+                if let Some(body) = body.filter(complete) {
                     store(&state, key, &head, body).await;
                 }
                 break End::Complete;
@@ -97,20 +101,6 @@ pub async fn drive(
     };
     state.flights.close(&key, &flight);
     flight.finish(end);
-}
-
-/// A JSON body without a declared length is complete only if it parses.
-fn parses_as_json(flight: &Flight, limit: u64) -> bool {
-    flight
-        .recorded_body(None, limit)
-        .is_some_and(|b| serde_json::from_slice::<serde::de::IgnoredAny>(&b).is_ok())
-}
-
-/// An OpenAI stream finished normally only if its last event is `data: [DONE]`.
-fn ends_with_done(flight: &Flight, limit: u64) -> bool {
-    flight
-        .recorded_body(None, limit)
-        .is_some_and(|b| b.trim_ascii_end().ends_with(b"data: [DONE]"))
 }
 
 async fn store(state: &AppState, key: CacheKey, head: &Head, body: Bytes) {
