@@ -324,6 +324,15 @@ impl Flights {
         }
     }
 
+    /// Always starts a new flight (a client that asked for a fresh answer with `no-cache`
+    /// does not join one that started before it); later identical requests may follow it.
+    pub fn lead(&self, key: CacheKey) -> Role {
+        let flight = Flight::new();
+        let reader = flight.reader();
+        self.map.insert(key, flight.clone());
+        Role::Leader(flight, reader)
+    }
+
     /// Stops new requests from joining `flight` (it ended, or outgrew the entry limit).
     pub fn close(&self, key: &CacheKey, flight: &Arc<Flight>) {
         self.map.remove_if(key, |_, f| Arc::ptr_eq(f, flight));

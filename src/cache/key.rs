@@ -12,6 +12,8 @@ use std::fmt;
 use actix_web::http::header::HeaderMap;
 use sha2::{Digest, Sha256};
 
+use super::canonical::canonical_json;
+
 /// Version tag hashed first; bump it when the encoding below changes.
 const DOMAIN: &[u8] = b"openai-cache-proxy/key/v2";
 
@@ -43,17 +45,12 @@ impl CacheKey {
                 part(&mut h, v);
             }
         }
-        match serde_json::from_slice::<serde_json::Value>(body) {
-            // serde_json's map is a BTreeMap unless its `preserve_order` feature is on (a
-            // unit test below fails if feature unification ever turns it on).
-            Ok(json) => {
+        match canonical_json(body) {
+            Some(json) => {
                 part(&mut h, b"json");
-                part(
-                    &mut h,
-                    &serde_json::to_vec(&json).expect("a Value always serialises"),
-                );
+                part(&mut h, &json);
             }
-            Err(_) => {
+            None => {
                 part(&mut h, b"raw");
                 part(&mut h, body);
             }
@@ -64,6 +61,13 @@ impl CacheKey {
     /// Full hex form.
     pub fn to_hex(self) -> String {
         hex::encode(self.0)
+    }
+
+    /// First 16 hex digits (the `X-Cache-Key` header), without allocating.
+    pub fn prefix_hex(self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        hex::encode_to_slice(&self.0[..8], &mut out).expect("8 bytes make 16 hex digits");
+        out
     }
 
     /// First 12 hex digits, enough to correlate log lines; reveals nothing useful.

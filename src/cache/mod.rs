@@ -1,5 +1,6 @@
 //! The response cache: what is stored, when a request or response may use it, and how hits look.
 
+mod canonical;
 mod flight;
 mod key;
 mod policy;
@@ -8,7 +9,7 @@ mod store;
 use std::time::SystemTime;
 
 use actix_web::http::StatusCode;
-use actix_web::http::header::HeaderMap;
+use actix_web::http::header::{HeaderMap, HeaderValue};
 use bytes::Bytes;
 
 pub use flight::{End, Flight, Flights, Head, Reader, Role};
@@ -24,6 +25,22 @@ pub struct CachedResponse {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub stored_at: SystemTime,
+    /// `stored_at` as the RFC 3339 `X-Cache-Timestamp` value, formatted once at store time.
+    pub timestamp: HeaderValue,
+}
+
+impl CachedResponse {
+    pub fn new(status: StatusCode, headers: HeaderMap, body: Bytes) -> Self {
+        let stored_at = SystemTime::now();
+        let stamp = humantime::format_rfc3339_seconds(stored_at).to_string();
+        Self {
+            status,
+            headers,
+            body,
+            stored_at,
+            timestamp: HeaderValue::try_from(stamp).expect("RFC 3339 is a valid header value"),
+        }
+    }
 }
 
 impl CachedResponse {

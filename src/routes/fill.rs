@@ -1,9 +1,8 @@
 //! Filling a flight from the upstream body, and storing the response once it is complete.
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
-use actix_web::http::header;
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::web;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -104,13 +103,20 @@ pub async fn drive(
 }
 
 async fn store(state: &AppState, key: CacheKey, head: &Head, body: Bytes) {
-    let mut headers = head.headers.clone();
-    headers.remove(header::SET_COOKIE);
-    let entry = CachedResponse {
-        status: head.status,
-        headers,
-        body,
-        stored_at: SystemTime::now(),
-    };
-    state.cache.insert(key, entry).await;
+    // Copy names and values out of the HTTP client's read buffer: a header value shares that
+    // buffer's allocation, and would keep all of it alive for as long as the entry lives.
+    let mut headers = HeaderMap::new();
+    for (name, value) in head
+        .headers
+        .iter()
+        .filter(|(n, _)| **n != header::SET_COOKIE)
+    {
+        let name = HeaderName::from_bytes(name.as_str().as_bytes()).expect("valid name");
+        let value = HeaderValue::from_bytes(value.as_bytes()).expect("valid value");
+        headers.append(name, value);
+    }
+    state
+        .cache
+        .insert(key, CachedResponse::new(head.status, headers, body))
+        .await;
 }

@@ -66,7 +66,12 @@ pub async fn forward(
             }
             forward = Forward::Stale;
         }
-        match state.flights.join(key) {
+        let role = if directives.lookup {
+            state.flights.join(key)
+        } else {
+            state.flights.lead(key)
+        };
+        match role {
             Role::Leader(flight, reader) => {
                 let upstream = build_upstream_request(&client, &req, &url());
                 return lead(upstream, body, flight, reader, key, forward, &state).await;
@@ -279,26 +284,33 @@ fn idle_limited(
 }
 
 /// A cache hit, byte-identical to the stored response, with its age.
+///
+/// This is the hot path: headers are inserted as ready values, not parsed from strings.
 fn replay(hit: &CachedResponse, key: CacheKey, state: &AppState) -> HttpResponse {
     let mut out = HttpResponse::build(hit.status);
-    for (name, value) in &hit.headers {
-        out.append_header((name.clone(), value.clone()));
-    }
+    outcome(&mut out, state, CacheStatus::Hit, None, None, Some(key));
+    let mut res = out.body(hit.body.clone());
     let age = hit.age_secs();
     let ttl_left = state.config.cache_ttl.as_secs().saturating_sub(age);
-    out.insert_header((header::AGE, age));
-    out.insert_header((
+    let headers = res.headers_mut();
+    for (name, value) in &hit.headers {
+        headers.append(name.clone(), value.clone());
+    }
+    headers.insert(header::AGE, HeaderValue::from(age));
+    headers.insert(
         HeaderName::from_static(X_CACHE_TIMESTAMP),
-        humantime::format_rfc3339_seconds(hit.stored_at).to_string(),
-    ));
-    out.insert_header((HeaderName::from_static(X_CACHE), CacheStatus::Hit.as_str()));
-    out.insert_header((
-        HeaderName::from_static(CACHE_STATUS),
-        cache_status_header(CacheStatus::Hit, Forward::Miss, false, Some(ttl_left), None),
-    ));
-    out.insert_header((HeaderName::from_static(X_CACHE_KEY), key_header(key)));
-    outcome(&mut out, state, CacheStatus::Hit, None, None, Some(key));
-    out.body(hit.body.clone())
+        hit.timestamp.clone(),
+    );
+    headers.insert(
+        HeaderName::from_static(X_CACHE),
+        HeaderValue::from_static(CacheStatus::Hit.as_str()),
+    );
+    let status = cache_status_header(CacheStatus::Hit, Forward::Miss, false, Some(ttl_left), None);
+    if let Ok(status) = HeaderValue::try_from(status) {
+        headers.insert(HeaderName::from_static(CACHE_STATUS), status);
+    }
+    headers.insert(HeaderName::from_static(X_CACHE_KEY), key_header(key));
+    res
 }
 
 /// The head of a forwarded (MISS) or shared (COALESCED) response.
@@ -336,7 +348,7 @@ fn with_body(mut out: HttpResponseBuilder, head: &Head, reader: Reader) -> HttpR
 
 /// First 16 hex digits of the key: enough to see why two requests do or do not share an entry.
 fn key_header(key: CacheKey) -> HeaderValue {
-    HeaderValue::from_str(&key.to_hex()[..16]).expect("hex is a valid header value")
+    HeaderValue::from_bytes(&key.prefix_hex()).expect("hex is a valid header value")
 }
 
 /// Records what happened: the counters, and the fields of this request's log line.
@@ -375,6 +387,10 @@ fn has_body(status: StatusCode) -> bool {
 /// Refuses `.`/`..` path segments, raw or percent-encoded, so no request can climb out of
 /// `/v1` on the upstream or reach another route through normalisation.
 fn reject_dot_segments(path: &str) -> Result<(), ProxyError> {
+    // Most paths have neither a dot nor an escape: nothing to look at.
+    if !path.bytes().any(|b| b == b'.' || b == b'%') {
+        return Ok(());
+    }
     let lowered = path.to_ascii_lowercase().replace("%2e", ".");
     if lowered.split(['/', '\\']).any(|s| s == "." || s == "..") || lowered.contains("%2f..") {
         return Err(ProxyError::InvalidRequest(
