@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Cache-HIT throughput of the proxy vs a bare actix-web handler serving the same bytes, and the
-# time to first byte the proxy adds to a streamed (SSE) completion (`make bench`).
+# Side-by-side bench (`make bench`, issue 6), all on 127.0.0.1 in one run: the proxy (PROXY,
+# release build) against a bare actix-web handler serving the same bytes (CEILING, also the
+# upstream: DIRECT) and Debian's nginx as a caching reverse proxy (NGINX, config: nginx.conf.in).
+# Scenarios: HIT, HIT-large, FORWARD (64 connections and 1), MISS-unique, STREAM, start-up; each
+# after a functional check, targets interleaved round by round. Prints a Markdown table and ratios.
 # Env: BENCH_SECONDS (per wrk run, default 5), BENCH_ROUNDS (interleaved rounds, default 3, min 2),
-# BENCH_STREAM_REQUESTS (streamed requests, half DIRECT and half PROXY, default 200, min 2).
+# BENCH_STREAM_REQUESTS (streamed requests, half DIRECT and half PROXY, default 200, min 2),
+# BENCH_STARTS (proxy start-ups timed, default 5).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -10,42 +14,75 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 SECONDS_PER_RUN="${BENCH_SECONDS:-5}"
 ROUNDS="${BENCH_ROUNDS:-3}"
 STREAM_REQUESTS="${BENCH_STREAM_REQUESTS:-200}"
-LUA=tests/bench/post.lua
+STARTS="${BENCH_STARTS:-5}"
+B=tests/bench
 READY_DEADLINE=60
+MISS_CACHE_MB=64
 
 die() {
     echo "bench: FAIL: $*" >&2
     exit 1
 }
+say() { echo "bench: $*" >&2; }
 
 [[ "$SECONDS_PER_RUN" =~ ^[1-9][0-9]*$ ]] || die "BENCH_SECONDS must be a positive integer, got '$SECONDS_PER_RUN'"
 [[ "$ROUNDS" =~ ^[0-9]+$ && "$ROUNDS" -ge 2 ]] || die "BENCH_ROUNDS must be an integer >= 2, got '$ROUNDS'"
 [[ "$STREAM_REQUESTS" =~ ^[0-9]+$ && "$STREAM_REQUESTS" -ge 2 ]] ||
     die "BENCH_STREAM_REQUESTS must be an integer >= 2, got '$STREAM_REQUESTS'"
+[[ "$STARTS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_STARTS must be a positive integer, got '$STARTS'"
 
-for tool in curl python3; do
+# --- Tools: Debian packages, installed when missing and we are root. ---
+for tool in curl python3 timeout; do
     command -v "$tool" >/dev/null || die "'$tool' is required but not installed"
 done
-if ! command -v wrk >/dev/null; then
-    if [[ "$(id -u)" -eq 0 ]]; then
-        echo "bench: installing wrk with apt-get" >&2
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
-    else
-        die "'wrk' is not installed and we are not root; run: sudo apt-get install wrk"
+find_nginx() { command -v nginx || { [[ -x /usr/sbin/nginx ]] && echo /usr/sbin/nginx; }; }
+missing=()
+command -v wrk >/dev/null || missing+=(wrk)
+find_nginx >/dev/null || missing+=(nginx)
+if ((${#missing[@]} > 0)); then
+    [[ "$(id -u)" -eq 0 ]] ||
+        die "not installed: ${missing[*]}; we are not root, so run: sudo apt-get install ${missing[*]}"
+    say "installing ${missing[*]} with apt-get"
+    # Keep the package from starting a system nginx on :80: invoke-rc.d asks policy-rc.d first,
+    # and 101 means "action forbidden" (Debian's policy-rc.d interface).
+    guard=""
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        guard=/usr/sbin/policy-rc.d
+        printf '#!/bin/sh\nexit 101\n' >"$guard"
+        chmod +x "$guard"
     fi
+    rc=0
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; } || rc=$?
+    [[ -z "$guard" ]] || rm -f "$guard"
+    ((rc == 0)) || die "apt-get install ${missing[*]} failed (exit $rc)"
 fi
+NGINX_BIN="$(find_nginx)" || die "nginx not found after installing it"
+
+cpu="$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
+nginx_version="$("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //')"
+# `wrk -v` prints its version, then exits 1.
+wrk_version="$(wrk -v 2>&1 | awk '{print $1, $2; exit}' || true)"
+echo "Machine: $(nproc) CPUs, $cpu, kernel $(uname -r); $nginx_version, $wrk_version"
+# Other work on the machine skews every figure; the load average before we start shows it.
+load="$(cut -d' ' -f1-3 /proc/loadavg)"
+echo "Load average before the run: $load"
+awk -v l="${load%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }' &&
+    say "warning: load average $load on $(nproc) CPUs before we start; figures will be noisy"
 
 cargo build --release --bin openai-cache-proxy --example bench-upstream
 
-# Two distinct free ports: bind both before closing either.
-read -r UPSTREAM_PORT PROXY_PORT < <(python3 -c '
+# Four distinct free ports: bind all before closing any.
+read -r UPSTREAM_PORT PROXY_PORT MISS_PORT NGINX_PORT < <(python3 -c '
 import socket
-a, b = socket.socket(), socket.socket()
-a.bind(("127.0.0.1", 0)); b.bind(("127.0.0.1", 0))
-print(a.getsockname()[1], b.getsockname()[1])')
+socks = [socket.socket() for _ in range(4)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))')
 
 WORK="$(mktemp -d)"
+# nginx's cache on tmpfs, as the issue asks; its own directory so cleanup can remove it whole.
+CACHE_DIR="$(mktemp -d -p /dev/shm ocp-bench-nginx.XXXXXX 2>/dev/null || mktemp -d)"
 PIDS=()
 cleanup() {
     for pid in "${PIDS[@]}"; do
@@ -54,198 +91,305 @@ cleanup() {
     for pid in "${PIDS[@]}"; do
         wait "$pid" 2>/dev/null || true
     done
-    rm -rf "$WORK"
+    rm -rf "$WORK" "$CACHE_DIR"
 }
 trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+stop() { # pid: stop one process we started and forget it
+    kill "$1" 2>/dev/null || true
+    wait "$1" 2>/dev/null || true
+    local keep=() pid
+    for pid in "${PIDS[@]}"; do
+        [[ "$pid" == "$1" ]] || keep+=("$pid")
+    done
+    PIDS=("${keep[@]}")
+}
+
+UPSTREAM="http://127.0.0.1:$UPSTREAM_PORT"
+PROXY="http://127.0.0.1:$PROXY_PORT"
+MISS_PROXY="http://127.0.0.1:$MISS_PORT"
+NGINX="http://127.0.0.1:$NGINX_PORT"
+CURL=(curl --silent --show-error --noproxy '*' --max-time 10)
 
 PORT="$UPSTREAM_PORT" target/release/examples/bench-upstream >"$WORK/upstream.log" 2>&1 &
 PIDS+=("$!")
 UPSTREAM_PID="$!"
-# PROXY_URL is unset so an outbound proxy in the caller's environment cannot skew the numbers;
-# the long CACHE_TTL keeps the one entry fresh however long the run is.
-env -u PROXY_URL PORT="$PROXY_PORT" HOST=127.0.0.1 OPENAI_API_URL="http://127.0.0.1:$UPSTREAM_PORT" \
-    RATE_LIMIT=0 CACHE_TTL=1h LOG_FORMAT=json RUST_LOG=warn \
-    target/release/openai-cache-proxy >"$WORK/proxy.log" 2>&1 &
-PIDS+=("$!")
-PROXY_PID="$!"
 
-UPSTREAM="http://127.0.0.1:$UPSTREAM_PORT"
-PROXY="http://127.0.0.1:$PROXY_PORT"
-CURL=(curl --silent --show-error --noproxy '*' --max-time 10)
+# PROXY_URL is unset so an outbound proxy in the caller's environment cannot skew the numbers;
+# the long CACHE_TTL keeps entries fresh however long the run is.
+PROXY_ENV=(env -u PROXY_URL HOST=127.0.0.1 OPENAI_API_URL="$UPSTREAM" RATE_LIMIT=0 CACHE_TTL=1h
+    LOG_FORMAT=json RUST_LOG=warn)
+start_proxy() { # port log-name [VAR=value...]; sets STARTED_PID
+    "${PROXY_ENV[@]}" PORT="$1" "${@:3}" target/release/openai-cache-proxy >"$WORK/$2.log" 2>&1 &
+    STARTED_PID="$!"
+    PIDS+=("$STARTED_PID")
+}
+start_proxy "$PROXY_PORT" proxy
+PROXY_PID="$STARTED_PID"
+
+mkdir -p "$WORK/nginx"
+nginx_user=""
+# A root master would switch its workers to nobody, who cannot enter our 0700 temp dirs.
+[[ "$(id -u)" -ne 0 ]] || nginx_user="user root;"
+sed -e "s|@USER@|$nginx_user|" -e "s|@DIR@|$WORK/nginx|g" -e "s|@CACHE_DIR@|$CACHE_DIR|" \
+    -e "s|@UPSTREAM_PORT@|$UPSTREAM_PORT|" -e "s|@PORT@|$NGINX_PORT|" \
+    "$B/nginx.conf.in" >"$WORK/nginx/nginx.conf"
+NGINX_ARGS=(-p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log")
+"$NGINX_BIN" -t -q "${NGINX_ARGS[@]}" || die "nginx rejected its config ($WORK/nginx/nginx.conf)"
+"$NGINX_BIN" "${NGINX_ARGS[@]}" >"$WORK/nginx.log" 2>&1 &
+PIDS+=("$!")
+NGINX_PID="$!"
 
 wait_ready() { # name pid url
     local deadline=$((SECONDS + READY_DEADLINE))
     until "${CURL[@]}" --fail --output /dev/null "$3" 2>/dev/null; do
         if ! kill -0 "$2" 2>/dev/null; then
-            cat "$WORK"/*.log >&2
+            cat "$WORK"/*.log "$WORK/nginx/error.log" >&2 2>/dev/null || true
             die "$1 exited before becoming ready"
         fi
         ((SECONDS < deadline)) || die "$1 not ready at $3 after ${READY_DEADLINE}s"
-        sleep 0.1
+        sleep 0.05
     done
 }
 wait_ready upstream "$UPSTREAM_PID" "$UPSTREAM/count"
 wait_ready proxy "$PROXY_PID" "$PROXY/health"
+wait_ready nginx "$NGINX_PID" "$NGINX/count"
 
-# --- Functional check: the numbers below must be real cache hits. ---
-BODY="$(sed -n "s/^wrk.body = '\(.*\)'$/\1/p" "$LUA")"
-[[ -n "$BODY" ]] || die "could not read wrk.body from $LUA"
+# --- Functional checks: the numbers below must be real hits, real forwards, real misses. ---
+lua_body() { # lua-file out-file
+    local body
+    body="$(sed -n "s/^wrk.body = '\(.*\)'$/\1/p" "$1")"
+    [[ -n "$body" ]] || die "could not read wrk.body from $1"
+    printf '%s' "$body" >"$2"
+}
+lua_body "$B/post.lua" "$WORK/chat.json"
+lua_body "$B/embeddings.lua" "$WORK/embeddings.json"
+
 # Exactly the headers wrk sends (curl's Accept and User-Agent removed): Accept is part of the
-# cache key, so this warms the very entry the PROXY-HIT rounds read.
-post() { # url headers-file body-file
-    "${CURL[@]}" --fail --request POST "$1/v1/chat/completions" \
+# proxy's cache key, so this warms the very entry the HIT rounds read.
+post() { # base-url path body-file out-prefix [extra header]
+    local extra=()
+    [[ $# -lt 5 ]] || extra=(--header "$5")
+    "${CURL[@]}" --fail --request POST "$1$2" \
         --header 'Content-Type: application/json' --header 'Authorization: Bearer sk-bench' \
-        --header 'Accept:' --header 'User-Agent:' \
-        --data-binary "$BODY" --dump-header "$2" --output "$3"
+        --header 'Accept:' --header 'User-Agent:' "${extra[@]}" \
+        --data-binary "@$3" --dump-header "$4.h" --output "$4.b"
 }
 upstream_count() { "${CURL[@]}" --fail "$UPSTREAM/count"; }
-
-post "$UPSTREAM" "$WORK/direct.h" "$WORK/direct.b"
-for i in 1 2 3; do
-    post "$PROXY" "$WORK/p$i.h" "$WORK/p$i.b"
-    if [[ $i -eq 2 ]]; then count2="$(upstream_count)"; fi
-done
-count3="$(upstream_count)"
-cache3="$(tr -d '\r' <"$WORK/p3.h" | awk -F': *' 'tolower($1) == "x-cache" {print $2}')"
-if [[ "$cache3" != "HIT" ]]; then
-    for i in 1 2 3; do
-        echo "--- proxy response $i headers:" >&2
-        cat "$WORK/p$i.h" >&2
-    done
-    die "3rd identical POST through the proxy: expected x-cache: HIT, got '${cache3:-<none>}'"
-fi
-[[ "$count2" == "$count3" ]] || die "upstream /count moved from $count2 to $count3 on a cache HIT"
-for f in direct p3; do
-    # A server that closes after each request measures reconnects, not request handling.
-    if tr -d '\r' <"$WORK/$f.h" | grep -qix 'connection: close'; then
-        cat "$WORK/$f.h" >&2
-        die "$f response has Connection: close; wrk would reconnect for every request"
-    fi
-done
-cmp -s "$WORK/direct.b" "$WORK/p3.b" ||
-    die "HIT body ($(wc -c <"$WORK/p3.b") B) differs from upstream body ($(wc -c <"$WORK/direct.b") B)"
-echo "bench: functional check ok (x-cache: HIT, upstream count steady at $count3," \
-    "body identical: $(wc -c <"$WORK/direct.b") B)" >&2
-
-# --- Functional check: a proxied SSE stream reaches the upstream and comes back byte for byte. ---
-# The body is unique to this run and no-store is sent, so no cache (today's or a future stream
-# cache) can answer it.
-STREAM_BODY='{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"bench'
-STREAM_BODY+=" stream check $$ $RANDOM\"}]}"
-post_stream() { # url headers-file body-file
-    "${CURL[@]}" --fail --no-buffer --request POST "$1/v1/chat/completions" \
-        --header 'Content-Type: application/json' --header 'Authorization: Bearer sk-bench' \
-        --header 'Accept: text/event-stream' --header 'Cache-Control: no-store' \
-        --data-binary "$STREAM_BODY" --dump-header "$2" --output "$3"
-}
-before="$(upstream_count)"
-post_stream "$UPSTREAM" "$WORK/stream-direct.h" "$WORK/stream-direct.b"
-post_stream "$PROXY" "$WORK/stream-proxy.h" "$WORK/stream-proxy.b"
-after="$(upstream_count)"
-[[ $((after - before)) -eq 2 ]] ||
-    die "upstream served $((after - before)) of 2 streamed requests (1 direct, 1 proxied)"
 header() { tr -d '\r' <"$1" | awk -F': *' -v h="$2" 'tolower($1) == h {print $2}'; }
-ct="$(header "$WORK/stream-direct.h" content-type)"
-if [[ "$ct" != text/event-stream* ]]; then
-    cat "$WORK/stream-direct.h" >&2
-    die "bench upstream answered \"stream\":true with content-type '$ct', not an event stream"
-fi
-ct="$(header "$WORK/stream-proxy.h" content-type)"
-stream_cache="$(header "$WORK/stream-proxy.h" x-cache)"
-if [[ "$ct" != text/event-stream* || "$stream_cache" == HIT ]]; then
-    cat "$WORK/stream-proxy.h" >&2
-    die "proxied stream: expected text/event-stream and no x-cache: HIT for a unique no-store body"
-fi
-if ! cmp "$WORK/stream-direct.b" "$WORK/stream-proxy.b" >&2; then
-    die "proxied stream ($(wc -c <"$WORK/stream-proxy.b") B) differs from the direct one" \
-        "($(wc -c <"$WORK/stream-direct.b") B)"
-fi
-echo "bench: stream check ok (x-cache: ${stream_cache:-<none>}," \
-    "upstream reached, body identical: $(wc -c <"$WORK/stream-direct.b") B)" >&2
+cache_status() { # target headers-file: our X-Cache, or the X-Cache-Status nginx.conf.in adds
+    if [[ "$1" == NGINX ]]; then header "$2" x-cache-status; else header "$2" x-cache; fi
+}
+same_body() { # what expected-file actual-file
+    cmp -s "$2" "$3" || die "$1: body ($(wc -c <"$3") B) differs from the upstream's ($(wc -c <"$2") B)"
+}
 
-# --- Measurement: CEILING and PROXY-HIT interleaved, same wrk settings. ---
-run_wrk() { # target-name url round
-    local out="$WORK/wrk-$1-$3.txt"
+check_hit() { # scenario target base-url path body-file
+    local out="$WORK/check-$1-$2" count2 count3 status
+    post "$UPSTREAM" "$4" "$5" "$out-direct"
+    for i in 1 2 3; do
+        post "$3" "$4" "$5" "$out-$i"
+        if [[ $i -eq 2 ]]; then count2="$(upstream_count)"; fi
+    done
+    count3="$(upstream_count)"
+    status="$(cache_status "$2" "$out-3.h")"
+    if [[ "$status" != HIT ]]; then
+        cat "$out-1.h" "$out-2.h" "$out-3.h" >&2
+        die "$1 $2: 3rd identical POST $4: expected a HIT, got '${status:-<none>}'"
+    fi
+    [[ "$count2" == "$count3" ]] || die "$1 $2: upstream /count moved from $count2 to $count3 on a HIT"
+    for f in "$out-direct" "$out-3"; do
+        # A server that closes after each request measures reconnects, not request handling.
+        if tr -d '\r' <"$f.h" | grep -qix 'connection: close'; then
+            cat "$f.h" >&2
+            die "$1 $2: Connection: close in $f.h; wrk would reconnect for every request"
+        fi
+    done
+    same_body "$1 $2 HIT" "$out-direct.b" "$out-3.b"
+    say "$1 $2: functional check ok (3rd request a HIT, upstream count steady at $count3," \
+        "body identical: $(wc -c <"$out-3.b") B)"
+}
+
+check_reaches_upstream() { # scenario target base-url body-file [extra header]
+    local out="$WORK/check-$1-$2" before after status
+    post "$UPSTREAM" /v1/chat/completions "$4" "$out-direct"
+    before="$(upstream_count)"
+    post "$3" /v1/chat/completions "$4" "$out" "${@:5}"
+    after="$(upstream_count)"
+    status="$(cache_status "$2" "$out.h")"
+    [[ $((after - before)) -eq 1 && "$status" != HIT ]] ||
+        die "$1 $2: expected the request to reach the upstream once, got $((after - before))" \
+            "upstream requests and cache status '${status:-<none>}'"
+    same_body "$1 $2" "$out-direct.b" "$out.b"
+    say "$1 $2: functional check ok (reached the upstream, cache status ${status:-<none>}," \
+        "body identical: $(wc -c <"$out.b") B)"
+}
+
+check_stream() {
+    # A proxied SSE stream reaches the upstream and comes back byte for byte. The body is unique
+    # to this run and no-store is sent, so no cache (today's or a future stream cache) answers it.
+    local body='{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"bench'
+    body+=" stream check $$ $RANDOM\"}]}"
+    post_stream() { # url out-prefix
+        "${CURL[@]}" --fail --no-buffer --request POST "$1/v1/chat/completions" \
+            --header 'Content-Type: application/json' --header 'Authorization: Bearer sk-bench' \
+            --header 'Accept: text/event-stream' --header 'Cache-Control: no-store' \
+            --data-binary "$body" --dump-header "$2.h" --output "$2.b"
+    }
+    local before after ct status
+    before="$(upstream_count)"
+    post_stream "$UPSTREAM" "$WORK/stream-direct"
+    post_stream "$PROXY" "$WORK/stream-proxy"
+    after="$(upstream_count)"
+    [[ $((after - before)) -eq 2 ]] ||
+        die "upstream served $((after - before)) of 2 streamed requests (1 direct, 1 proxied)"
+    ct="$(header "$WORK/stream-direct.h" content-type)"
+    if [[ "$ct" != text/event-stream* ]]; then
+        cat "$WORK/stream-direct.h" >&2
+        die "bench upstream answered \"stream\":true with content-type '$ct', not an event stream"
+    fi
+    ct="$(header "$WORK/stream-proxy.h" content-type)"
+    status="$(header "$WORK/stream-proxy.h" x-cache)"
+    if [[ "$ct" != text/event-stream* || "$status" == HIT ]]; then
+        cat "$WORK/stream-proxy.h" >&2
+        die "proxied stream: expected text/event-stream and no x-cache: HIT for a unique no-store body"
+    fi
+    same_body "STREAM PROXY" "$WORK/stream-direct.b" "$WORK/stream-proxy.b"
+    say "STREAM PROXY: functional check ok (x-cache: ${status:-<none>}, upstream reached," \
+        "body identical: $(wc -c <"$WORK/stream-direct.b") B)"
+}
+
+# --- Measurement. ---
+# One wrk run; appends `scenario target round req/s p50-ms requests` to $WORK/results and sets
+# WRK_REQUESTS. 64 connections on 2 threads, or 1 on 1; script arguments go after the URL.
+run_wrk() { # scenario target base-url connections round lua [script-args...]
+    local out="$WORK/wrk-$1-$2-$5.txt" threads=2
+    ((${4} > 1)) || threads=1
     timeout $((SECONDS_PER_RUN + 30)) \
-        wrk -t2 -c64 -d"${SECONDS_PER_RUN}s" --latency -s "$LUA" "$2" >"$out" 2>&1 ||
-        { cat "$out" >&2; die "wrk against $1 failed (round $3)"; }
+        wrk -t"$threads" -c"$4" -d"${SECONDS_PER_RUN}s" --latency -s "$6" "$3" "${@:7}" >"$out" 2>&1 ||
+        { cat "$out" >&2; die "wrk against $1 $2 failed (round $5)"; }
     if grep -q 'Non-2xx or 3xx responses' "$out"; then
         cat "$out" >&2
-        die "wrk against $1 saw non-2xx responses (round $3)"
+        die "wrk against $1 $2 saw non-2xx responses (round $5)"
+    fi
+    if grep -q 'Socket errors' "$out"; then
+        say "warning: $1 $2 round $5: $(grep 'Socket errors' "$out" | sed 's/^ *//')"
     fi
     local rps p50
     rps="$(awk '/^Requests\/sec:/ {print $2}' "$out")"
     # wrk prints "50%  1.23ms" (us, ms or s); normalise to ms.
     p50="$(awk '$1 == "50%" {v = $2; u = v; sub(/[0-9.]+/, "", u); sub(/[a-z]+$/, "", v);
         f = (u == "us") ? 0.001 : (u == "s") ? 1000 : 1; printf "%.3f", v * f}' "$out")"
-    [[ -n "$rps" && -n "$p50" ]] || { cat "$out" >&2; die "could not parse wrk output for $1"; }
-    echo "$1 $3 $rps $p50" >>"$WORK/results"
-    echo "bench: round $3 $1: $rps req/s, p50 ${p50} ms" >&2
+    WRK_REQUESTS="$(awk '/ requests in / {print $1}' "$out")"
+    [[ -n "$rps" && -n "$p50" && -n "$WRK_REQUESTS" ]] ||
+        { cat "$out" >&2; die "could not parse wrk output for $1 $2"; }
+    echo "$1 $2 $5 $rps $p50 $WRK_REQUESTS" >>"$WORK/results"
+    say "round $5 $1 $2: $rps req/s, p50 ${p50} ms"
 }
 
-for round in $(seq 1 "$ROUNDS"); do
-    run_wrk CEILING "$UPSTREAM" "$round"
-    before="$(upstream_count)"
-    run_wrk PROXY-HIT "$PROXY" "$round"
-    after="$(upstream_count)"
-    [[ "$before" == "$after" ]] ||
-        die "upstream served $((after - before)) requests during PROXY-HIT round $round: not all HITs"
-done
+url_of() {
+    case "$1" in
+        CEILING | DIRECT) echo "$UPSTREAM" ;;
+        NGINX) echo "$NGINX" ;;
+        PROXY) echo "$PROXY" ;;
+        PROXY-MISS) echo "$MISS_PROXY" ;;
+    esac
+}
 
-# --- STREAM: time to first SSE byte, DIRECT and PROXY alternating; every body is unique. ---
-echo "bench: STREAM: $STREAM_REQUESTS streamed requests, alternating DIRECT/PROXY, ~0.1 s each" >&2
+# Rounds of A B C ...; `expect` checks the upstream counter around each cache's run: `none`
+# (all HITs: it must not move, or the run is void) or `all` (every completed request should
+# have reached it: MISS or FORWARD; a shortfall is reported, since it is the cache's behaviour).
+measure() { # scenario connections lua expect targets...
+    local scenario="$1" conns="$2" lua="$3" expect="$4" round target before after
+    shift 4
+    for round in $(seq 1 "$ROUNDS"); do
+        for target in "$@"; do
+            before="$(upstream_count)"
+            # MISS-unique: a nonce per run keeps bodies unique across rounds and targets.
+            run_wrk "$scenario" "$target" "$(url_of "$target")" "$conns" "$round" "$lua" \
+                -- "$target-$round-$$-$RANDOM"
+            after="$(upstream_count)"
+            [[ "$target" == CEILING || "$target" == DIRECT ]] && continue
+            if [[ "$expect" == none && "$after" != "$before" ]]; then
+                die "$scenario $target round $round: upstream served $((after - before))" \
+                    "requests: not all HITs"
+            fi
+            # Not fatal: the figure is still what a client gets; report.py lists the shortfall.
+            echo "$scenario $target $round $((after - before)) $WRK_REQUESTS" >>"$WORK/upstream"
+            if [[ "$expect" == all && $((after - before)) -lt "$WRK_REQUESTS" ]]; then
+                say "warning: $scenario $target round $round: upstream served only" \
+                    "$((after - before)) of $WRK_REQUESTS requests (coalesced or cached)"
+            fi
+            [[ "$target" != PROXY-MISS ]] || echo "round $(rss_kb "$MISS_PID")" >>"$WORK/miss-rss"
+        done
+    done
+}
+
+rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+# HIT: the 1.4 KB chat completion.
+check_hit HIT NGINX "$NGINX" /v1/chat/completions "$WORK/chat.json"
+check_hit HIT PROXY "$PROXY" /v1/chat/completions "$WORK/chat.json"
+measure HIT 64 "$B/post.lua" none CEILING NGINX PROXY
+
+# HIT-large: the ~32 KB embeddings answer.
+check_hit HIT-large NGINX "$NGINX" /v1/embeddings "$WORK/embeddings.json"
+check_hit HIT-large PROXY "$PROXY" /v1/embeddings "$WORK/embeddings.json"
+measure HIT-large 64 "$B/embeddings.lua" none CEILING NGINX PROXY
+
+# FORWARD: Cache-Control: no-cache on every request, throughput and then latency on 1 connection.
+check_reaches_upstream FORWARD NGINX "$NGINX" "$WORK/chat.json" 'Cache-Control: no-cache'
+check_reaches_upstream FORWARD PROXY "$PROXY" "$WORK/chat.json" 'Cache-Control: no-cache'
+measure FORWARD 64 "$B/forward.lua" all DIRECT NGINX PROXY
+measure FORWARD-1c 1 "$B/forward.lua" all DIRECT NGINX PROXY
+
+# MISS-unique: every body new, against a fresh proxy with a 64 MB cache whose RSS is sampled.
+start_proxy "$MISS_PORT" proxy-miss MAX_CACHE_SIZE="$MISS_CACHE_MB"
+MISS_PID="$STARTED_PID"
+wait_ready "proxy (MISS)" "$MISS_PID" "$MISS_PROXY/health"
+sleep 0.3
+echo "idle $(rss_kb "$MISS_PID")" >"$WORK/miss-rss"
+printf '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"bench miss check %s %s"}]}' \
+    "$$" "$RANDOM" >"$WORK/unique.json"
+check_reaches_upstream MISS-unique NGINX "$NGINX" "$WORK/unique.json"
+check_reaches_upstream MISS-unique PROXY-MISS "$MISS_PROXY" "$WORK/unique.json"
+(
+    while kill -0 "$MISS_PID" 2>/dev/null; do
+        echo "during $(rss_kb "$MISS_PID")" >>"$WORK/miss-rss"
+        sleep 0.25
+    done
+) 2>/dev/null &
+PIDS+=("$!")
+SAMPLER_PID="$!"
+measure MISS-unique 64 "$B/unique.lua" all NGINX PROXY-MISS
+stop "$SAMPLER_PID"
+sleep 1
+echo "after $(rss_kb "$MISS_PID")" >>"$WORK/miss-rss"
+# What the cache thinks it holds, to set against the RSS (best effort: report.py copes without).
+"${CURL[@]}" --fail --output "$WORK/miss-stats.json" "$MISS_PROXY/stats" || rm -f "$WORK/miss-stats.json"
+stop "$MISS_PID"
+
+# STREAM: time to first SSE byte, DIRECT and PROXY alternating; every body is unique.
+check_stream
+say "STREAM: $STREAM_REQUESTS streamed requests, alternating DIRECT/PROXY, ~0.1 s each"
 before="$(upstream_count)"
-sent="$(python3 tests/bench/stream_ttfb.py "$UPSTREAM_PORT" "$PROXY_PORT" "$STREAM_REQUESTS" \
-    "$WORK/stream-direct.b" "$WORK/stream")" || die "stream TTFB client failed (see above)"
+sent="$(timeout $((STREAM_REQUESTS + 60)) python3 "$B/stream_ttfb.py" "$UPSTREAM_PORT" "$PROXY_PORT" \
+    "$STREAM_REQUESTS" "$WORK/stream-direct.b" "$WORK/stream")" || die "stream TTFB client failed (see above)"
 after="$(upstream_count)"
 [[ $((after - before)) -eq "$sent" ]] ||
     die "upstream served $((after - before)) of $sent streamed requests: some did not reach it"
 
-python3 - "$WORK/results" "$SECONDS_PER_RUN" "$ROUNDS" "$WORK/stream" <<'PY'
-import math, statistics, sys
-rows = {}
-for line in open(sys.argv[1]):
-    target, _, rps, p50 = line.split()
-    rows.setdefault(target, []).append((float(rps), float(p50)))
-rounds = int(sys.argv[3])
-print(f"\nwrk -t2 -c64 -d{sys.argv[2]}s, {rounds} interleaved rounds, 127.0.0.1\n")
-print("| target | " + " | ".join(f"round {i + 1} req/s" for i in range(rounds))
-      + " | median req/s | spread | median p50 ms |")
-print("|---" * (rounds + 4) + "|")
-medians = {}
-for target in ("CEILING", "PROXY-HIT"):
-    rps = [r for r, _ in rows[target]]
-    med = statistics.median(rps)
-    medians[target] = med
-    spread = (max(rps) - min(rps)) / med * 100
-    p50 = statistics.median(p for _, p in rows[target])
-    print(f"| {target} | " + " | ".join(f"{r:.0f}" for r in rps)
-          + f" | {med:.0f} | {spread:.1f}% | {p50:.3f} |")
+# Start-up: spawn to first answered GET /health, and idle RSS, over fresh processes.
+say "start-up: $STARTS fresh proxy processes"
+timeout $((STARTS * 15 + 30)) "${PROXY_ENV[@]}" python3 "$B/startup.py" target/release/openai-cache-proxy \
+    "$STARTS" >"$WORK/startup" || die "start-up timing failed (see above)"
 
-ttfb = {}
-for line in open(sys.argv[4]):
-    target, first, head = line.split()
-    ttfb.setdefault(target, []).append((float(first), float(head)))
-def p90(xs):  # nearest rank
-    return sorted(xs)[math.ceil(0.9 * len(xs)) - 1]
-print(f"\nSTREAM: {sum(map(len, ttfb.values()))} requests alternating DIRECT/PROXY, unique bodies"
-      " + Cache-Control: no-store, 20 SSE events 5 ms apart;\n"
-      "TTFB = connect to first SSE byte, head = connect to end of response head\n")
-print("| target | requests | TTFB p50 ms | TTFB p90 ms | head p50 ms |")
-print("|---" * 5 + "|")
-stream = {}
-for target in ("DIRECT", "PROXY"):
-    first = [f for f, _ in ttfb[target]]
-    stream[target] = first_p50, first_p90 = statistics.median(first), p90(first)
-    head_p50 = statistics.median(h for _, h in ttfb[target])
-    print(f"| {target} | {len(first)} | {first_p50:.3f} | {first_p90:.3f} | {head_p50:.3f} |")
-added = stream["PROXY"][0] - stream["DIRECT"][0]
-added_p90 = stream["PROXY"][1] - stream["DIRECT"][1]
-print(f"\nSTREAM added TTFB (PROXY - DIRECT): p50 {added:.3f} ms, p90 {added_p90:.3f} ms")
-if stream["PROXY"][0] > 50:
-    print("WARNING: proxied TTFB is over half the ~100 ms stream: is the proxy buffering it?")
+# nginx complaining (e.g. a full cache zone) would make its figures suspect.
+if grep -Eq '\[(error|crit|alert|emerg)\]' "$WORK/nginx/error.log"; then
+    say "warning: nginx logged $(grep -Ec '\[(error|crit|alert|emerg)\]' "$WORK/nginx/error.log") errors;" \
+        "the first: $(grep -Em1 '\[(error|crit|alert|emerg)\]' "$WORK/nginx/error.log")"
+fi
 
-ratio = medians["PROXY-HIT"] / medians["CEILING"]
-print(f"\nHIT/CEILING ratio: {ratio:.2f} (median proxy req/s / median ceiling req/s);"
-      f" STREAM added TTFB p50: {added:.3f} ms")
-PY
+python3 "$B/report.py" "$WORK" "$SECONDS_PER_RUN" "$ROUNDS" "$MISS_CACHE_MB"

@@ -1,13 +1,16 @@
-//! Bench upstream and ceiling: one fixed chat completion (JSON or SSE) per request, `GET /count`.
+//! Bench upstream and ceiling: a fixed chat completion (JSON or SSE), a fixed ~32 KB embeddings
+//! answer on `POST /v1/embeddings`, and `GET /count`.
 
 use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 use futures_util::stream::{self, Stream};
 
-/// Requests answered with [`BODY`] or an event stream; `GET /count` itself is not counted.
+/// Requests answered with [`BODY`], [`EMBEDDING`] or an event stream; `GET /count` itself is not counted.
 static SERVED: AtomicU64 = AtomicU64::new(0);
 
 /// A request body containing this (as the bench's compact JSON does) gets the event stream.
@@ -20,6 +23,38 @@ const EVENT_GAP: Duration = Duration::from_millis(5);
 
 /// About 1.4 KB, shaped like an OpenAI `chat.completion` object.
 const BODY: &str = r#"{"id":"chatcmpl-bench0000000000000000000000001","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"A caching proxy sits between a client and an upstream API and remembers answers. When a request arrives, the proxy computes a key from the method, the path, a small list of headers and the canonical body. If the key is already in the cache and the entry is still fresh, the stored response is returned at once, without contacting the upstream. Otherwise the request is forwarded, and a successful, non-streaming answer is stored under that key with a time to live, so that the next identical request is served locally. This saves money and latency for repeated prompts, such as test suites, evaluations and retries. It must never mix up callers, so the API key is part of the key, hashed rather than stored, and errors from the upstream are always passed through unchanged and never cached.","refusal":null,"annotations":[]},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":42,"completion_tokens":168,"total_tokens":210,"prompt_tokens_details":{"cached_tokens":0,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}},"service_tier":"default","system_fingerprint":"fp_bench000"}"#;
+
+/// Dimensions of the embedding: text-embedding-3-large's 3072 gives an answer of about 32 KB.
+const EMBEDDING_DIMS: usize = 3072;
+
+/// An OpenAI `list` of one embedding, the same bytes in every run: the values come from a
+/// fixed-seed xorshift, printed like OpenAI's (small, 7 decimals).
+static EMBEDDING: LazyLock<web::Bytes> = LazyLock::new(|| {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut json =
+        String::from(r#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":["#);
+    for i in 0..EMBEDDING_DIMS {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        // 53 random bits to [0, 1), then to [-0.1, 0.1).
+        let unit = (state >> 11) as f64 / (1u64 << 53) as f64;
+        let sep = if i == 0 { "" } else { "," };
+        write!(json, "{sep}{:.7}", unit * 0.2 - 0.1).expect("writing to a String cannot fail");
+    }
+    json.push_str(
+        r#"]}],"model":"text-embedding-3-large","usage":{"prompt_tokens":9,"total_tokens":9}}"#,
+    );
+    web::Bytes::from(json)
+});
+
+/// Reads the request body, like [`completion`], so the connection stays open.
+async fn embeddings(_body: web::Bytes) -> HttpResponse {
+    SERVED.fetch_add(1, Ordering::Relaxed);
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(EMBEDDING.clone())
+}
 
 /// Reads the request body, to spot [`STREAM_FLAG`] and because actix answers `Connection: close`
 /// to a request whose body is left unread: a reconnect per request would make the ceiling too low.
@@ -72,9 +107,11 @@ async fn main() -> std::io::Result<()> {
         .expect("PORT must be set")
         .parse()
         .expect("PORT must be a port number");
+    LazyLock::force(&EMBEDDING);
     HttpServer::new(|| {
         App::new()
             .route("/count", web::get().to(count))
+            .route("/v1/embeddings", web::post().to(embeddings))
             .default_service(web::to(completion))
     })
     .bind(("127.0.0.1", port))?

@@ -1,0 +1,139 @@
+"""The Markdown table and the ratio summary of run.sh, from the files it left in its work dir.
+
+Usage: report.py WORK_DIR SECONDS ROUNDS MISS_CACHE_MB
+Reads WORK_DIR/results (`scenario target round req/s p50_ms requests` per wrk run),
+WORK_DIR/upstream (`scenario target round upstream_requests wrk_requests` per cache run),
+WORK_DIR/stream (`target ttfb_ms head_ms`), WORK_DIR/miss-rss (`idle|during|round|after kB`),
+WORK_DIR/startup (`ms kB` per start) and, if present, WORK_DIR/miss-stats.json (the MISS proxy's
+GET /stats). Medians are over rounds; spread is (max - min) / median.
+"""
+
+import json
+import math
+import statistics
+import sys
+
+SCENARIOS = (
+    ("HIT", "64 conns, 1.4 KB answer from cache", ("CEILING", "NGINX", "PROXY")),
+    ("HIT-large", "64 conns, 32 KB answer from cache", ("CEILING", "NGINX", "PROXY")),
+    ("FORWARD", "64 conns, Cache-Control: no-cache", ("DIRECT", "NGINX", "PROXY")),
+    ("FORWARD-1c", "1 conn, Cache-Control: no-cache", ("DIRECT", "NGINX", "PROXY")),
+    ("MISS-unique", "64 conns, every body new", ("NGINX", "PROXY-MISS")),
+)
+
+
+def p90(xs):  # nearest rank
+    return sorted(xs)[math.ceil(0.9 * len(xs)) - 1]
+
+
+def mb(kb):
+    return kb / 1024
+
+
+def miss_cache_note(work):
+    """The MISS proxy's own count of what it stores, from its GET /stats, if run.sh got it."""
+    try:
+        with open(f"{work}/miss-stats.json") as f:
+            cache = json.load(f)["cache"]
+        return (f"; its /stats: {cache['item_count']} entries, {mb(cache['size_bytes'] / 1024):.1f}"
+                f" of {mb(cache['max_size_bytes'] / 1024):.0f} MB, {cache['evictions']} evictions")
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
+def main():
+    work, seconds, rounds, miss_mb = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+
+    runs = {}
+    for line in open(f"{work}/results"):
+        scenario, target, _, rps, p50, _ = line.split()
+        runs.setdefault((scenario, target), []).append((float(rps), float(p50)))
+    med = {}
+    rows = []
+    for scenario, what, targets in SCENARIOS:
+        for target in targets:
+            rps = [r for r, _ in runs[scenario, target]]
+            m = statistics.median(rps)
+            p50 = statistics.median(p for _, p in runs[scenario, target])
+            med[scenario, target] = (m, p50)
+            spread = (max(rps) - min(rps)) / m * 100
+            rows.append((f"{scenario} ({what})", target, f"{m:.0f}", f"{spread:.1f}%", f"{p50:.3f}"))
+
+    ttfb = {}
+    for line in open(f"{work}/stream"):
+        target, first, head = line.split()
+        ttfb.setdefault(target, []).append((float(first), float(head)))
+    stream = {}
+    for target in ("DIRECT", "PROXY"):
+        first = [f for f, _ in ttfb[target]]
+        stream[target] = (statistics.median(first), p90(first))
+        rows.append((f"STREAM ({len(first)} requests, p50 is time to first byte)", target,
+                     "-", "-", f"{stream[target][0]:.3f}"))
+
+    rss = {"idle": [], "during": [], "round": [], "after": []}
+    for line in open(f"{work}/miss-rss"):
+        kind, kb = line.split()
+        rss[kind].append(int(kb))
+    starts = [tuple(map(float, line.split())) for line in open(f"{work}/startup")]
+    startup_ms = statistics.median(ms for ms, _ in starts)
+    idle_mb = mb(statistics.median(kb for _, kb in starts))
+
+    print(f"\nwrk -d{seconds}s --latency (64 conns: -t2 -c64; 1 conn: -t1 -c1), {rounds} interleaved"
+          " rounds, 127.0.0.1; PROXY-MISS is a fresh proxy with"
+          f" MAX_CACHE_SIZE={miss_mb}\n")
+    print("| scenario | target | median req/s | spread | p50 ms |")
+    print("|---|---|---:|---:|---:|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+    short = []
+    miss_stored = 0
+    for line in open(f"{work}/upstream"):
+        scenario, target, rnd, reached, requests = line.split()
+        if (scenario, target) == ("MISS-unique", "PROXY-MISS"):
+            miss_stored += int(reached)
+        if scenario.startswith(("FORWARD", "MISS")) and int(reached) < int(requests):
+            short.append(f"{scenario} {target} round {rnd}: {reached} of {requests}")
+    if short:
+        print("\nWARNING: not every request reached the upstream (coalesced or served from cache),"
+              " so these figures are not of forwarding alone: " + "; ".join(short))
+
+    added_ttfb = stream["PROXY"][0] - stream["DIRECT"][0]
+    added_ttfb_p90 = stream["PROXY"][1] - stream["DIRECT"][1]
+    peak = mb(max(rss["during"] + rss["round"] + rss["after"]))
+    print(f"\nSTREAM added TTFB (PROXY - DIRECT): p50 {added_ttfb:.3f} ms, p90 {added_ttfb_p90:.3f} ms")
+    if stream["PROXY"][0] > 50:
+        print("WARNING: proxied TTFB is over half the ~100 ms stream: is the proxy buffering it?")
+    print(f"MISS-unique PROXY-MISS VmRSS (MB = MiB): idle {mb(rss['idle'][0]):.1f},"
+          f" peak while measured {peak:.1f} ({len(rss['during'])} samples), at the end of each round"
+          f" {', '.join(f'{mb(kb):.1f}' for kb in rss['round'])}, 1 s after the last"
+          f" {mb(rss['after'][0]):.1f}; {miss_stored} unique answers reached the upstream"
+          f"{miss_cache_note(work)}")
+    print(f"Start-up to first 200 from GET /health, ms: {', '.join(f'{ms:.1f}' for ms, _ in starts)};"
+          f" VmRSS 0.3 s later, MB: {', '.join(f'{mb(kb):.1f}' for _, kb in starts)}")
+
+    def ratio(scenario, a, b):
+        return med[scenario, a][0] / med[scenario, b][0]
+
+    def fig(name, value, fmt, op, target):
+        ok = value >= target if op == ">=" else value <= target
+        return f"{name} {value:{fmt}} ({'✓' if ok else '✗'} {op} {target:g})"
+
+    added_p50 = med["FORWARD-1c", "PROXY"][1] - med["FORWARD-1c", "DIRECT"][1]
+    figures = [
+        fig("HIT/CEILING", ratio("HIT", "PROXY", "CEILING"), ".2f", ">=", 0.80),
+        fig("HIT/NGINX", ratio("HIT", "PROXY", "NGINX"), ".2f", ">=", 1.6),
+        fig("HIT-large/NGINX", ratio("HIT-large", "PROXY", "NGINX"), ".2f", ">=", 1.5),
+        fig("FORWARD/NGINX", ratio("FORWARD", "PROXY", "NGINX"), ".2f", ">=", 1.2),
+        fig("FORWARD added p50 vs DIRECT (1 conn) ms", added_p50, "+.3f", "<=", 0.05),
+        fig("MISS-unique/NGINX", ratio("MISS-unique", "PROXY-MISS", "NGINX"), ".2f", ">=", 2.0),
+        fig("MISS RSS peak MB", peak, ".1f", "<=", miss_mb * 1.25 + 32),
+        fig("idle RSS MB", idle_mb, ".1f", "<=", 16),
+        fig("start-up ms", startup_ms, ".1f", "<=", 50),
+        fig("STREAM added TTFB p50 ms", added_ttfb, "+.3f", "<=", 1),
+    ]
+    print("\nSummary: " + " · ".join(figures))
+
+
+if __name__ == "__main__":
+    main()
