@@ -68,14 +68,7 @@ async fn followers_of_a_failed_upstream_answer_get_the_same_status() {
 #[tokio::test]
 async fn followers_retry_once_when_the_leader_got_no_answer() {
     // Connection 0 is closed without an answer once released; later ones answer.
-    let upstream = SseUpstream::start(|n| {
-        if n == 0 {
-            Script::CloseAfterRelease
-        } else {
-            Script::Complete
-        }
-    })
-    .await;
+    let upstream = SseUpstream::first_then_complete(Script::CloseAfterRelease).await;
     let address = spawn_proxy(&upstream.url, &[]);
     let http = client();
     let send = || {

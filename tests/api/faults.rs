@@ -1,7 +1,7 @@
 //! Upstream faults: the client gets a clear failure and nothing partial is stored.
 
 use crate::helpers::{assert_openai_error, client, spawn_proxy, x_cache};
-use crate::sse_upstream::{EVENTS, Script, SseUpstream};
+use crate::sse_upstream::{EVENTS, Script, SseUpstream, read_all};
 
 async fn post(address: &str, path: &str) -> reqwest::Response {
     client()
@@ -11,14 +11,6 @@ async fn post(address: &str, path: &str) -> reqwest::Response {
         .send()
         .await
         .unwrap()
-}
-
-async fn read_all(mut res: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
-    let mut body = Vec::new();
-    while let Some(c) = res.chunk().await? {
-        body.extend_from_slice(&c);
-    }
-    Ok(body)
 }
 
 #[tokio::test]
@@ -61,14 +53,7 @@ async fn invalid_http_from_the_upstream_gives_502() {
 
 #[tokio::test]
 async fn a_connection_closed_before_any_answer_gives_502_and_the_proxy_keeps_serving() {
-    let upstream = SseUpstream::start(|n| {
-        if n == 0 {
-            Script::CloseAfterRelease
-        } else {
-            Script::Complete
-        }
-    })
-    .await;
+    let upstream = SseUpstream::first_then_complete(Script::CloseAfterRelease).await;
     upstream.release();
     let address = spawn_proxy(&upstream.url, &[]);
     let res = post(&address, "/v1/chat/completions").await;

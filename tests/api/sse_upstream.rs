@@ -70,6 +70,11 @@ impl SseUpstream {
         }
     }
 
+    /// Serves connection 0 with `first`, every later one with `Script::Complete`.
+    pub async fn first_then_complete(first: Script) -> Self {
+        Self::start(move |n| if n == 0 { first } else { Script::Complete }).await
+    }
+
     /// Lets held connections (present and future) send the rest.
     pub fn release(&self) {
         self.release.notify_waiters();
@@ -156,4 +161,13 @@ async fn serve(mut sock: TcpStream, script: Script, release: Arc<Notify>, closed
     let _ = sock.flush().await;
     // Keep the connection open for reuse until the client closes it.
     let _ = sock.read(&mut buf).await;
+}
+
+/// The whole body of a response, or the error that cut it off.
+pub async fn read_all(mut res: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(c) = res.chunk().await? {
+        body.extend_from_slice(&c);
+    }
+    Ok(body)
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::helpers::{client, spawn_proxy, x_cache};
-use crate::sse_upstream::{EVENTS, Script, SseUpstream};
+use crate::sse_upstream::{EVENTS, Script, SseUpstream, read_all};
 
 const STREAM_BODY: &str = r#"{"model":"m","stream":true,"messages":[]}"#;
 
@@ -18,12 +18,8 @@ async fn stream_request(address: &str) -> reqwest::Response {
         .unwrap()
 }
 
-async fn read_all(mut res: reqwest::Response) -> Result<String, reqwest::Error> {
-    let mut body = Vec::new();
-    while let Some(c) = res.chunk().await? {
-        body.extend_from_slice(&c);
-    }
-    Ok(String::from_utf8(body).unwrap())
+async fn read_text(res: reqwest::Response) -> Result<String, reqwest::Error> {
+    read_all(res).await.map(|b| String::from_utf8(b).unwrap())
 }
 
 #[tokio::test]
@@ -39,7 +35,7 @@ async fn an_event_stream_reaches_the_client_before_the_upstream_finishes() {
     let first = res.chunk().await.unwrap().expect("a first chunk");
     assert_eq!(first, EVENTS[0]);
     upstream.release();
-    assert_eq!(read_all(res).await.unwrap(), EVENTS[1..].concat());
+    assert_eq!(read_text(res).await.unwrap(), EVENTS[1..].concat());
 }
 
 #[tokio::test]
@@ -48,13 +44,13 @@ async fn a_complete_stream_is_stored_and_replayed_byte_identical() {
     let address = spawn_proxy(&upstream.url, &[]);
     let miss = stream_request(&address).await;
     assert_eq!(x_cache(&miss), "MISS");
-    let original = read_all(miss).await.unwrap();
+    let original = read_text(miss).await.unwrap();
     assert_eq!(original, EVENTS.concat());
 
     let hit = stream_request(&address).await;
     assert_eq!(x_cache(&hit), "HIT");
     assert_eq!(hit.headers()["content-type"], "text/event-stream");
-    assert_eq!(read_all(hit).await.unwrap(), original);
+    assert_eq!(read_text(hit).await.unwrap(), original);
     assert_eq!(upstream.calls(), 1);
 }
 
@@ -66,7 +62,7 @@ async fn incomplete_streams_are_passed_through_but_not_stored() {
         for _ in 0..2 {
             let res = stream_request(&address).await;
             assert_eq!(x_cache(&res), "MISS", "{script:?}");
-            let body = read_all(res).await;
+            let body = read_text(res).await;
             match script {
                 Script::NoDone => assert_eq!(body.unwrap(), EVENTS[..2].concat()),
                 // awc reports a chunked body cut by EOF as a clean end, so the client may
@@ -85,14 +81,7 @@ async fn incomplete_streams_are_passed_through_but_not_stored() {
 #[tokio::test]
 async fn a_client_leaving_mid_stream_cancels_the_upstream_request() {
     // Connection 0 streams slowly (5 s in all); later ones answer at once.
-    let upstream = SseUpstream::start(|n| {
-        if n == 0 {
-            Script::Slow
-        } else {
-            Script::Complete
-        }
-    })
-    .await;
+    let upstream = SseUpstream::first_then_complete(Script::Slow).await;
     let address = spawn_proxy(&upstream.url, &[]);
     let mut res = stream_request(&address).await;
     assert_eq!(res.chunk().await.unwrap().unwrap(), EVENTS[0]);
@@ -105,5 +94,5 @@ async fn a_client_leaving_mid_stream_cancels_the_upstream_request() {
     // Nothing was stored: the next request goes upstream again.
     let again = stream_request(&address).await;
     assert_eq!(x_cache(&again), "MISS");
-    assert_eq!(read_all(again).await.unwrap(), EVENTS.concat());
+    assert_eq!(read_text(again).await.unwrap(), EVENTS.concat());
 }
