@@ -9,7 +9,7 @@ mod store;
 use std::time::SystemTime;
 
 use actix_web::http::StatusCode;
-use actix_web::http::header::{HeaderMap, HeaderValue};
+use actix_web::http::header::{HeaderName, HeaderValue};
 use bytes::Bytes;
 
 pub use flight::{End, Flight, Flights, Head, Reader, Role};
@@ -21,8 +21,9 @@ pub use store::CacheStore;
 #[derive(Debug, Clone)]
 pub struct CachedResponse {
     pub status: StatusCode,
-    /// End-to-end headers minus `Set-Cookie` and `Content-Length` (recomputed on replay).
-    pub headers: HeaderMap,
+    /// End-to-end headers minus `Set-Cookie` and `Content-Length` (recomputed on replay), in
+    /// arrival order. A plain list: a `HeaderMap` costs ~200 bytes per name even when empty.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
     pub body: Bytes,
     pub stored_at: SystemTime,
     /// `stored_at` as the RFC 3339 `X-Cache-Timestamp` value, formatted once at store time.
@@ -30,7 +31,7 @@ pub struct CachedResponse {
 }
 
 impl CachedResponse {
-    pub fn new(status: StatusCode, headers: HeaderMap, body: Bytes) -> Self {
+    pub fn new(status: StatusCode, headers: Vec<(HeaderName, HeaderValue)>, body: Bytes) -> Self {
         let stored_at = SystemTime::now();
         let stamp = humantime::format_rfc3339_seconds(stored_at).to_string();
         Self {
@@ -44,14 +45,19 @@ impl CachedResponse {
 }
 
 impl CachedResponse {
-    /// Bytes this entry costs the cache: body, headers and a fixed overhead per entry.
+    /// Bytes this entry costs in memory, so that MAX_CACHE_SIZE bounds memory and not just
+    /// bodies: the body, each header (its bytes plus ~100 bytes of name, value and list
+    /// slot), and ~400 bytes for the entry itself (this struct, its `Arc`, the key and
+    /// moka's bookkeeping for it).
     pub fn weight(&self) -> u64 {
+        const PER_HEADER: usize = 100;
+        const PER_ENTRY: usize = 400;
         let headers: usize = self
             .headers
             .iter()
-            .map(|(n, v)| n.as_str().len() + v.len())
+            .map(|(n, v)| n.as_str().len() + v.len() + PER_HEADER)
             .sum();
-        (self.body.len() + headers + 64) as u64
+        (self.body.len() + headers + PER_ENTRY) as u64
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::web;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -105,16 +105,16 @@ pub async fn drive(
 async fn store(state: &AppState, key: CacheKey, head: &Head, body: Bytes) {
     // Copy names and values out of the HTTP client's read buffer: a header value shares that
     // buffer's allocation, and would keep all of it alive for as long as the entry lives.
-    let mut headers = HeaderMap::new();
-    for (name, value) in head
+    let headers = head
         .headers
         .iter()
         .filter(|(n, _)| **n != header::SET_COOKIE)
-    {
-        let name = HeaderName::from_bytes(name.as_str().as_bytes()).expect("valid name");
-        let value = HeaderValue::from_bytes(value.as_bytes()).expect("valid value");
-        headers.append(name, value);
-    }
+        .map(|(name, value)| {
+            let name = HeaderName::from_bytes(name.as_str().as_bytes()).expect("valid name");
+            let value = HeaderValue::from_bytes(value.as_bytes()).expect("valid value");
+            (name, value)
+        })
+        .collect();
     state
         .cache
         .insert(key, CachedResponse::new(head.status, headers, body))
