@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Instructions per cache HIT, counted by callgrind over a fixed number of requests: stable on
+# a shared machine where times are not. Builds an optimised binary with symbols (no LTO, for
+# build speed) in target/callgrind, runs it under valgrind behind the bench upstream, warms
+# the cache, resets the counters, sends HIT_REQUESTS identical requests and prints the
+# instructions per request plus the top inclusive costs of our own functions.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+N=${HIT_REQUESTS:-2000}
+command -v valgrind >/dev/null || { echo "valgrind not found: apt-get install valgrind" >&2; exit 1; }
+export CARGO_TARGET_DIR=target/callgrind
+CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+  CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_RELEASE_DEBUG=1 \
+  cargo build --release --bin openai-cache-proxy --example bench-upstream
+bin=$CARGO_TARGET_DIR/release
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+out=$(mktemp -d)
+up=$(free_port)
+PORT=$up "$bin/examples/bench-upstream" >/dev/null 2>&1 & up_pid=$!
+trap 'kill $up_pid 2>/dev/null || true' EXIT
+
+# One run under callgrind: start, warm with 20 requests, send $1 more, stop with SIGTERM (a
+# clean exit writes the profile). The difference of two runs is the cost of the extra hits.
+run() {
+  local px; px=$(free_port)
+  env -i PORT="$px" HOST=127.0.0.1 OPENAI_API_URL="http://127.0.0.1:$up" RATE_LIMIT=0 RUST_LOG=warn \
+    CACHE_TTL=1h valgrind --tool=callgrind --callgrind-out-file="$out/cg.$1" "$bin/openai-cache-proxy" \
+    >"$out/proxy.$1.log" 2>&1 &
+  local vg=$!
+  for _ in $(seq 1 150); do curl -s -o /dev/null "http://127.0.0.1:$px/health" && break; sleep 0.2; done
+  python3 tests/bench/hits.py "$px" 20 >/dev/null
+  [ "$1" -gt 0 ] && python3 tests/bench/hits.py "$px" "$1" >&2
+  kill -TERM "$vg"; wait "$vg" || true
+  callgrind_annotate "$out/cg.$1" | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1}'
+}
+base=$(run 0)
+with=$(run "$N")
+echo "instructions per HIT: $(( (with - base) / N )) (callgrind, $N requests, difference of two runs)"
+callgrind_annotate --inclusive=yes "$out/cg.$N" | grep -E 'openai_cache_proxy::' | head -15 \
+  | sed -E 's|/root/.cargo/registry/src/[^/]+/||; s| \[.*||' | cut -c1-150
