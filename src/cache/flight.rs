@@ -44,7 +44,7 @@ pub enum End {
 
 #[derive(Default)]
 struct State {
-    head: Option<Head>,
+    head: Option<Arc<Head>>,
     /// Chunks from absolute index `base` on.
     chunks: VecDeque<Bytes>,
     base: usize,
@@ -114,7 +114,7 @@ impl Flight {
     }
 
     /// Publishes the response head.
-    pub fn set_head(&self, head: Head) {
+    pub fn set_head(&self, head: Arc<Head>) {
         self.lock().head = Some(head);
         self.bump();
     }
@@ -206,7 +206,7 @@ pub struct Reader {
 
 impl Reader {
     /// The response head, or how the flight ended without one.
-    pub async fn head(&mut self) -> Result<Head, End> {
+    pub async fn head(&mut self) -> Result<Arc<Head>, End> {
         loop {
             self.changed.borrow_and_update();
             {
@@ -364,12 +364,12 @@ mod tests {
         CacheKey::compute("GET", &format!("/v1/{n}"), &HeaderMap::new(), b"")
     }
 
-    fn head() -> Head {
-        Head {
+    fn head() -> Arc<Head> {
+        Arc::new(Head {
             status: StatusCode::OK,
             headers: HeaderMap::new(),
             content_length: None,
-        }
+        })
     }
 
     #[actix_web::test]

@@ -18,7 +18,7 @@ pub async fn drive(
     mut res: awc::ClientResponse,
     key: CacheKey,
     storable: bool,
-    head: Head,
+    head: Arc<Head>,
     state: web::Data<AppState>,
 ) {
     let limit = if storable {

@@ -110,22 +110,22 @@ async fn lead(
         .send_body(body)
         .await
         .map_err(|e| failed(&e, state))?;
-    let head = Head {
+    let head = Arc::new(Head {
         status: res.status(),
         headers: end_to_end(res.headers())
             .map(|(n, v)| (n.clone(), v.clone()))
             .collect(),
         content_length: content_length(res.headers()),
-    };
+    });
     let storable = response_policy(res.status(), res.headers());
-    flight.set_head(head.clone());
+    flight.set_head(Arc::clone(&head));
     let out = respond(&head, CacheStatus::Miss, forward, storable, key, state);
     actix_web::rt::spawn(fill::drive(
         flight,
         res,
         key,
         storable.is_ok(),
-        head.clone(),
+        Arc::clone(&head),
         state.clone(),
     ));
     unanswered.flight = None;
