@@ -214,7 +214,10 @@ async fn entries_expire_after_the_ttl() {
     // Within the TTL it hits at least once; after it, it misses again.
     eventually(Duration::from_secs(10), "the entry to expire", || async {
         let res = app.post_json("/v1/embeddings", "sk-a", "{}").await;
-        (x_cache(&res) == "MISS").then_some(())
+        let miss = x_cache(&res) == "MISS";
+        // Read the whole answer: a MISS is stored before its last byte reaches the client.
+        res.bytes().await.unwrap();
+        miss.then_some(())
     })
     .await;
     let stats = app.stats(None).await;

@@ -30,10 +30,11 @@ async fn stats_report_cache_and_config_without_secrets() {
         .respond_with(ResponseTemplate::new(200).set_body_raw(CHAT_ANSWER, "application/json"))
         .mount(&app.upstream)
         .await;
-    app.post_json("/v1/chat/completions", "sk-a", CHAT_BODY)
-        .await;
-    app.post_json("/v1/chat/completions", "sk-a", CHAT_BODY)
-        .await;
+    // Each answer read to its end, so the first is stored before the second asks.
+    for path in ["/v1/chat/completions", "/v1/chat/completions"] {
+        let res = app.post_json(path, "sk-a", CHAT_BODY).await;
+        res.bytes().await.unwrap();
+    }
     app.post_json("/v1/files", "sk-a", "{}").await;
 
     let res = app.client.get(app.url("/stats")).send().await.unwrap();
