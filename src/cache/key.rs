@@ -34,28 +34,7 @@ pub struct CacheKey([u8; 32]);
 
 impl CacheKey {
     pub fn compute(method: &str, path_and_query: &str, headers: &HeaderMap, body: &[u8]) -> Self {
-        let mut h = Sha256::new();
-        h.update(DOMAIN);
-        part(&mut h, method.as_bytes());
-        part(&mut h, path_and_query.as_bytes());
-        for name in KEY_HEADERS {
-            let values: Vec<&[u8]> = headers.get_all(*name).map(|v| v.as_bytes()).collect();
-            h.update((values.len() as u64).to_be_bytes());
-            for v in values {
-                part(&mut h, v);
-            }
-        }
-        match canonical_json(body) {
-            Some(json) => {
-                part(&mut h, b"json");
-                part(&mut h, &json);
-            }
-            None => {
-                part(&mut h, b"raw");
-                part(&mut h, body);
-            }
-        }
-        Self(h.finalize().into())
+        KeyHasher::new(method, path_and_query, headers).canonical(body)
     }
 
     /// Full hex form.
@@ -79,6 +58,54 @@ impl CacheKey {
 impl fmt::Debug for CacheKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "CacheKey({})", self.short())
+    }
+}
+
+/// Everything of a request but its body, hashed once; the body then goes in either as sent
+/// ([`KeyHasher::exact`]) or canonical ([`KeyHasher::canonical`]).
+#[derive(Clone)]
+pub struct KeyHasher(Sha256);
+
+impl KeyHasher {
+    pub fn new(method: &str, path_and_query: &str, headers: &HeaderMap) -> Self {
+        let mut h = Sha256::new();
+        h.update(DOMAIN);
+        part(&mut h, method.as_bytes());
+        part(&mut h, path_and_query.as_bytes());
+        for name in KEY_HEADERS {
+            let values = headers.get_all(*name);
+            h.update((values.len() as u64).to_be_bytes());
+            for v in values {
+                part(&mut h, v.as_bytes());
+            }
+        }
+        Self(h)
+    }
+
+    /// The cache key: a JSON body in canonical form (parsed, keys sorted), anything else raw.
+    pub fn canonical(self, body: &[u8]) -> CacheKey {
+        let mut h = self.0;
+        match canonical_json(body) {
+            Some(json) => {
+                part(&mut h, b"json");
+                part(&mut h, &json);
+            }
+            None => {
+                part(&mut h, b"raw");
+                part(&mut h, body);
+            }
+        }
+        CacheKey(h.finalize().into())
+    }
+
+    /// A digest of the body exactly as sent, without parsing it: the name under which the
+    /// alias index remembers the canonical key of a request seen before. Tagged apart from
+    /// both encodings of [`KeyHasher::canonical`], so it never equals a cache key.
+    pub fn exact(&self, body: &[u8]) -> CacheKey {
+        let mut h = self.0.clone();
+        part(&mut h, b"exact");
+        part(&mut h, body);
+        CacheKey(h.finalize().into())
     }
 }
 
@@ -130,6 +157,19 @@ mod tests {
             .to_hex(),
             "2bf6185629229e0c2e438eaff5d30f4944719667c93a2bdf9191ed3829a0f60f"
         );
+    }
+
+    #[test]
+    fn exact_digests_follow_the_bytes_and_never_equal_a_key() {
+        let h = HeaderMap::new();
+        let hasher = KeyHasher::new("POST", "/v1/embeddings", &h);
+        let (a, b) = (&br#"{"a":1,"b":2}"#[..], &br#"{"b":2,"a":1}"#[..]);
+        assert_eq!(hasher.exact(a), hasher.exact(a));
+        assert_ne!(hasher.exact(a), hasher.exact(b));
+        assert_eq!(hasher.clone().canonical(a), hasher.clone().canonical(b));
+        for body in [a, b, b"not json", b""] {
+            assert_ne!(hasher.exact(body), hasher.clone().canonical(body));
+        }
     }
 
     #[test]

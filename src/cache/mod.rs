@@ -13,7 +13,7 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use bytes::Bytes;
 
 pub use flight::{End, Flight, Flights, Head, Reader, Role};
-pub use key::{CacheKey, KEY_HEADERS};
+pub use key::{CacheKey, KEY_HEADERS, KeyHasher};
 pub use policy::{Directives, NoCacheReason, request_policy, response_policy};
 pub use store::CacheStore;
 

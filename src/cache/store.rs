@@ -1,4 +1,5 @@
-//! `CacheStore`: one byte-bounded, TTL-bounded moka cache shared by every worker.
+//! `CacheStore`: one byte-bounded, TTL-bounded moka cache shared by every worker, and the
+//! alias index that lets a repeated request skip canonicalising its JSON body.
 
 use std::sync::Arc;
 
@@ -9,10 +10,18 @@ use moka::policy::EvictionPolicy;
 use super::{CacheKey, CachedResponse};
 use crate::metrics::{Metrics, bump};
 
+/// What one alias costs in memory: two 32-byte keys plus moka's per-entry bookkeeping.
+const ALIAS_WEIGHT: u64 = 256;
+
 /// Cheap to clone: clones share the same entries.
 #[derive(Clone)]
 pub struct CacheStore {
     cache: Cache<CacheKey, Arc<CachedResponse>>,
+    /// Exact-bytes digest ([`super::KeyHasher::exact`]) to cache key, for requests that hit
+    /// at least once: a hit then costs one hash of the body as sent instead of a JSON parse.
+    /// A stale alias is harmless (the key of a request never changes), so it only needs a
+    /// bound: 1/32 of the cache's bytes, taken from the entries' share.
+    aliases: moka::sync::Cache<CacheKey, CacheKey>,
     max_entry_bytes: u64,
     metrics: Arc<Metrics>,
 }
@@ -27,8 +36,13 @@ impl CacheStore {
         metrics: Arc<Metrics>,
     ) -> Self {
         let listener_metrics = metrics.clone();
+        let alias_bytes = capacity_bytes / 32;
+        let aliases = moka::sync::Cache::builder()
+            .max_capacity(alias_bytes / ALIAS_WEIGHT)
+            .time_to_live(ttl)
+            .build();
         let cache = Cache::builder()
-            .max_capacity(capacity_bytes)
+            .max_capacity(capacity_bytes - alias_bytes)
             .weigher(|_k, v: &Arc<CachedResponse>| u32::try_from(v.weight()).unwrap_or(u32::MAX))
             .time_to_live(ttl)
             // LRU admits every new entry; the default TinyLFU refuses brand-new keys once the
@@ -42,6 +56,7 @@ impl CacheStore {
             .build();
         Self {
             cache,
+            aliases,
             max_entry_bytes,
             metrics,
         }
@@ -53,6 +68,16 @@ impl CacheStore {
 
     pub async fn get(&self, key: &CacheKey) -> Option<Arc<CachedResponse>> {
         self.cache.get(key).await
+    }
+
+    /// The cache key remembered for these exact request bytes, if they hit before.
+    pub fn alias(&self, exact: &CacheKey) -> Option<CacheKey> {
+        self.aliases.get(exact)
+    }
+
+    /// Remembers that the request with digest `exact` has the cache key `key`.
+    pub fn remember_alias(&self, exact: CacheKey, key: CacheKey) {
+        self.aliases.insert(exact, key);
     }
 
     /// Stores `value` unless it is larger than the per-entry limit. Returns whether it did.
@@ -70,14 +95,30 @@ impl CacheStore {
         self.cache.run_pending_tasks().await;
         let n = self.cache.entry_count();
         self.cache.invalidate_all();
+        self.aliases.invalidate_all();
         self.cache.run_pending_tasks().await;
         n
     }
 
-    /// (entries, weighted bytes) after applying pending evictions and expirations, which moka
-    /// otherwise reports lazily.
-    pub async fn usage(&self) -> (u64, u64) {
+    /// Entries, aliases and weighted bytes after applying pending evictions and expirations,
+    /// which moka otherwise reports lazily.
+    /// The bytes include the alias index's share, so they stay within the configured bound.
+    pub async fn usage(&self) -> Usage {
         self.cache.run_pending_tasks().await;
-        (self.cache.entry_count(), self.cache.weighted_size())
+        self.aliases.run_pending_tasks();
+        let aliases = self.aliases.entry_count();
+        Usage {
+            entries: self.cache.entry_count(),
+            aliases,
+            bytes: self.cache.weighted_size() + aliases * ALIAS_WEIGHT,
+        }
     }
+}
+
+/// What the cache holds now.
+#[derive(Debug, Clone, Copy)]
+pub struct Usage {
+    pub entries: u64,
+    pub aliases: u64,
+    pub bytes: u64,
 }

@@ -31,12 +31,13 @@ pub async fn stats(
 ) -> Result<HttpResponse, ProxyError> {
     authorize(&req, &state)?;
     let m = &state.metrics;
-    let (items, size) = state.cache.usage().await;
+    let usage = state.cache.usage().await;
     let config = &state.config;
     Ok(HttpResponse::Ok().json(json!({
         "cache": {
-            "item_count": items,
-            "size_bytes": size,
+            "item_count": usage.entries,
+            "alias_count": usage.aliases,
+            "size_bytes": usage.bytes,
             "max_size_bytes": config.max_cache_size_bytes,
             "max_entry_size_bytes": state.cache.max_entry_bytes(),
             "ttl": humantime::format_duration(config.cache_ttl).to_string(),

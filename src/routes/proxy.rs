@@ -11,8 +11,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use crate::cache::{
-    CacheKey, CacheStatus, CachedResponse, End, Flight, Forward, Head, NoCacheReason, Reader, Role,
-    cache_status_header, request_policy, response_policy,
+    CacheKey, CacheStatus, CachedResponse, End, Flight, Forward, Head, KeyHasher, NoCacheReason,
+    Reader, Role, cache_status_header, request_policy, response_policy,
 };
 use crate::config::Config;
 use crate::errors::ProxyError;
@@ -48,7 +48,13 @@ pub async fn forward(
     };
 
     let body = read_limited(&req, payload, &state.config).await?;
-    let key = CacheKey::compute(req.method().as_str(), path_and_query, req.headers(), &body);
+    // A request whose exact bytes hit before skips the JSON parse: its key is remembered.
+    let hasher = KeyHasher::new(req.method().as_str(), path_and_query, req.headers());
+    let exact = hasher.exact(&body);
+    let (key, remembered) = match state.cache.alias(&exact) {
+        Some(key) => (key, true),
+        None => (hasher.canonical(&body), false),
+    };
     let mut forward = if directives.lookup {
         Forward::Miss
     } else {
@@ -62,6 +68,9 @@ pub async fn forward(
             && let Some(hit) = state.cache.get(&key).await
         {
             if directives.max_age.is_none_or(|max| hit.age_secs() <= max) {
+                if !remembered {
+                    state.cache.remember_alias(exact, key);
+                }
                 return Ok(replay(&hit, key, &state));
             }
             forward = Forward::Stale;

@@ -408,3 +408,51 @@ async fn max_age_serves_only_young_enough_entries() {
     );
     assert_eq!(app.upstream_calls().await, 2);
 }
+
+#[tokio::test]
+async fn repeated_bytes_hit_through_the_alias_index_without_crossing_callers() {
+    let app = spawn_app(&[]).await;
+    Mock::given(method("POST"))
+        .and(header("authorization", "Bearer sk-a"))
+        .respond_with(chat_ok().set_body_raw(r#"{"for":"a"}"#, "application/json"))
+        .mount(&app.upstream)
+        .await;
+    Mock::given(method("POST"))
+        .and(header("authorization", "Bearer sk-b"))
+        .respond_with(chat_ok().set_body_raw(r#"{"for":"b"}"#, "application/json"))
+        .mount(&app.upstream)
+        .await;
+    let spaced = "{ \"temperature\": 0, \"model\": \"gpt-4o-mini\" }";
+    let compact = r#"{"model":"gpt-4o-mini","temperature":0}"#;
+    let send = |key: &'static str, body: &'static str| {
+        let app = &app;
+        async move {
+            let res = app.post_json("/v1/chat/completions", key, body).await;
+            let status = x_cache(&res).to_owned();
+            (status, res.text().await.unwrap())
+        }
+    };
+    let a = || (String::from("HIT"), String::from(r#"{"for":"a"}"#));
+
+    assert_eq!(send("sk-a", spaced).await.0, "MISS");
+    assert_eq!(app.stats(None).await["cache"]["alias_count"], 0);
+    // The first hit parses the body and remembers its key; later ones find it by its bytes.
+    assert_eq!(send("sk-a", spaced).await, a());
+    assert_eq!(app.stats(None).await["cache"]["alias_count"], 1);
+    assert_eq!(send("sk-a", spaced).await, a());
+    assert_eq!(send("sk-a", compact).await, a());
+    assert_eq!(send("sk-a", compact).await, a());
+    assert_eq!(app.stats(None).await["cache"]["alias_count"], 2);
+    // The same bytes from another caller are another request: a miss, with its own answer.
+    let b = send("sk-b", spaced).await;
+    assert_eq!(b, (String::from("MISS"), String::from(r#"{"for":"b"}"#)));
+    assert_eq!(app.upstream_calls().await, 2);
+
+    let stats = app.stats(None).await;
+    let size = stats["cache"]["size_bytes"].as_u64().unwrap();
+    assert!(size <= stats["cache"]["max_size_bytes"].as_u64().unwrap());
+    let res = app.client.delete(app.url("/cache")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(app.stats(None).await["cache"]["alias_count"], 0);
+    assert_eq!(send("sk-a", spaced).await.0, "MISS");
+}
