@@ -9,7 +9,7 @@
 
 use std::fmt;
 
-use actix_web::http::header::HeaderMap;
+use actix_web::http::header::{HeaderMap, HeaderName};
 use sha2::{Digest, Sha256};
 
 use super::canonical::canonical_json;
@@ -20,13 +20,14 @@ const DOMAIN: &[u8] = b"openai-cache-proxy/key/v2";
 /// Request headers that select a different response, hashed in this fixed order.
 /// `Authorization` (the caller's API key) keeps callers apart; it is hashed, never stored.
 /// `Accept-Encoding` keeps a gzip body away from a client that asked for identity.
-pub const KEY_HEADERS: &[&str] = &[
-    "authorization",
-    "openai-organization",
-    "openai-project",
-    "content-type",
-    "accept",
-    "accept-encoding",
+/// Ready-made names: looking a header up by `&str` parses the name each time.
+pub static KEY_HEADERS: [HeaderName; 6] = [
+    HeaderName::from_static("authorization"),
+    HeaderName::from_static("openai-organization"),
+    HeaderName::from_static("openai-project"),
+    HeaderName::from_static("content-type"),
+    HeaderName::from_static("accept"),
+    HeaderName::from_static("accept-encoding"),
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -68,17 +69,21 @@ pub struct KeyHasher(Sha256);
 
 impl KeyHasher {
     pub fn new(method: &str, path_and_query: &str, headers: &HeaderMap) -> Self {
-        let mut h = Sha256::new();
-        h.update(DOMAIN);
-        part(&mut h, method.as_bytes());
-        part(&mut h, path_and_query.as_bytes());
-        for name in KEY_HEADERS {
-            let values = headers.get_all(*name);
-            h.update((values.len() as u64).to_be_bytes());
+        // The encoding is gathered first and hashed in one update: a few hundred bytes, and
+        // one call instead of some thirty small ones.
+        let mut buf = Vec::with_capacity(512);
+        buf.extend_from_slice(DOMAIN);
+        put(&mut buf, method.as_bytes());
+        put(&mut buf, path_and_query.as_bytes());
+        for name in &KEY_HEADERS {
+            let values = headers.get_all(name);
+            buf.extend_from_slice(&(values.len() as u64).to_be_bytes());
             for v in values {
-                part(&mut h, v.as_bytes());
+                put(&mut buf, v.as_bytes());
             }
         }
+        let mut h = Sha256::new();
+        h.update(&buf);
         Self(h)
     }
 
@@ -107,6 +112,11 @@ impl KeyHasher {
         part(&mut h, body);
         CacheKey(h.finalize().into())
     }
+}
+
+fn put(buf: &mut Vec<u8>, bytes: &[u8]) {
+    buf.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
+    buf.extend_from_slice(bytes);
 }
 
 fn part(h: &mut Sha256, bytes: &[u8]) {

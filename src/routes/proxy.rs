@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 
 use crate::cache::{
     CacheKey, CacheStatus, CachedResponse, End, Flight, Forward, Head, KeyHasher, NoCacheReason,
-    Reader, Role, cache_status_header, request_policy, response_policy,
+    Reader, Role, cache_status_header, hit_cache_status, request_policy, response_policy,
 };
 use crate::config::Config;
 use crate::errors::ProxyError;
@@ -314,10 +314,10 @@ fn replay(hit: &CachedResponse, key: CacheKey, state: &AppState) -> HttpResponse
         HeaderName::from_static(X_CACHE),
         HeaderValue::from_static(CacheStatus::Hit.as_str()),
     );
-    let status = cache_status_header(CacheStatus::Hit, Forward::Miss, false, Some(ttl_left), None);
-    if let Ok(status) = HeaderValue::try_from(status) {
-        headers.insert(HeaderName::from_static(CACHE_STATUS), status);
-    }
+    headers.insert(
+        HeaderName::from_static(CACHE_STATUS),
+        hit_cache_status(ttl_left),
+    );
     headers.insert(HeaderName::from_static(X_CACHE_KEY), key_header(key));
     res
 }
