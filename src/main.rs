@@ -1,15 +1,31 @@
 //! Entry point: read the environment, start logging, serve until SIGTERM/SIGINT.
+//! `openai-cache-proxy healthcheck` instead asks a running proxy's `/health` (exit 0 or 1).
 
 use std::process::ExitCode;
 
-use openai_cache_proxy::{Application, Config, telemetry};
+use openai_cache_proxy::{Application, Config, healthcheck, telemetry};
 
 #[actix_web::main]
 async fn main() -> ExitCode {
+    let command = std::env::args().nth(1);
+    if let Some(other) = command.as_deref().filter(|c| *c != "healthcheck") {
+        eprintln!(
+            "openai-cache-proxy: unknown command {other:?}; usage: openai-cache-proxy [healthcheck]"
+        );
+        return ExitCode::from(2);
+    }
     let config = match Config::from_env() {
         Ok(c) => c,
+        // Docker reserves exit code 2 for health checks: a broken environment is unhealthy.
+        Err(e) if command.is_some() => {
+            eprintln!("healthcheck: {e}");
+            return ExitCode::from(1);
+        }
         Err(e) => return fail(&e),
     };
+    if command.is_some() {
+        return healthcheck::run(&config).await;
+    }
     let rust_log = std::env::var("RUST_LOG").ok();
     let filter = match telemetry::env_filter(rust_log.as_deref(), "info") {
         Ok(f) => f,

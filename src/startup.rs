@@ -15,6 +15,7 @@ use crate::errors::not_found;
 use crate::metrics::Metrics;
 use crate::middleware::{Limiter, access_log, new_limiter, prune_idle};
 use crate::routes;
+use crate::savings::Savings;
 use crate::telemetry::RequestSpan;
 use crate::upstream::{build_client, tls_config};
 
@@ -45,7 +46,7 @@ impl Application {
     pub fn build(config: Config) -> std::io::Result<Self> {
         let listener = TcpListener::bind(config.listen_addr())?;
         let port = listener.local_addr()?.port();
-        let metrics = Arc::new(Metrics::default());
+        let metrics = Arc::new(Metrics::new(Savings::new(config.price_table.clone())));
         let limiter = new_limiter(config.rate_limit);
         if let Some(limiter) = &limiter {
             tokio::spawn(prune_idle(Arc::downgrade(limiter), LIMITER_PRUNE_EVERY));
@@ -77,7 +78,11 @@ impl Application {
             "openai-cache-proxy listening"
         );
         let server = HttpServer::new(move || {
-            let client = build_client(&state.config, tls.clone());
+            let client = build_client(
+                &state.config,
+                tls.clone(),
+                state.metrics.upstream_connections.clone(),
+            );
             App::new()
                 .app_data(state.clone())
                 .app_data(web::Data::new(client))

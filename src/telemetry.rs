@@ -35,7 +35,19 @@ where
         LogFormat::Pretty => builder.try_init(),
     };
     // A second init (tests) keeps the first subscriber.
-    let _ = result;
+    if result.is_ok() {
+        log_panics();
+    }
+}
+
+/// A panic is our bug: log it at `error` (actix restarts the worker), then let the default
+/// hook print it as usual.
+fn log_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        tracing::error!(panic = %info, "bug: a worker thread panicked");
+        default(info);
+    }));
 }
 
 /// The per-request span. Unlike tracing-actix-web's default it records neither the query

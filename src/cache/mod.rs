@@ -12,6 +12,8 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use bytes::Bytes;
 
+use crate::savings::TokenUsage;
+
 pub use flight::{End, Flight, Flights, Head, Reader, Role};
 pub use key::{CacheKey, KEY_HEADERS, KeyHasher};
 pub use policy::{Directives, NoCacheReason, request_policy, response_policy};
@@ -28,10 +30,18 @@ pub struct CachedResponse {
     pub stored_at: SystemTime,
     /// `stored_at` as the RFC 3339 `X-Cache-Timestamp` value, formatted once at store time.
     pub timestamp: HeaderValue,
+    /// Model and token usage the answer reported, read once at store time; each hit adds
+    /// them to the savings ledger.
+    pub usage: Option<TokenUsage>,
 }
 
 impl CachedResponse {
-    pub fn new(status: StatusCode, headers: Vec<(HeaderName, HeaderValue)>, body: Bytes) -> Self {
+    pub fn new(
+        status: StatusCode,
+        headers: Vec<(HeaderName, HeaderValue)>,
+        body: Bytes,
+        usage: Option<TokenUsage>,
+    ) -> Self {
         let stored_at = SystemTime::now();
         let stamp = humantime::format_rfc3339_seconds(stored_at).to_string();
         Self {
@@ -40,6 +50,7 @@ impl CachedResponse {
             body,
             stored_at,
             timestamp: HeaderValue::try_from(stamp).expect("RFC 3339 is a valid header value"),
+            usage,
         }
     }
 }
@@ -57,7 +68,8 @@ impl CachedResponse {
             .iter()
             .map(|(n, v)| n.as_str().len() + v.len() + PER_HEADER)
             .sum();
-        (self.body.len() + headers + PER_ENTRY) as u64
+        let usage = self.usage.as_ref().map_or(0, |u| u.model.len() + 48);
+        (self.body.len() + headers + usage + PER_ENTRY) as u64
     }
 }
 

@@ -16,6 +16,8 @@ use secrecy::SecretString;
 use serde::Deserialize;
 use url::Url;
 
+use crate::savings::PriceTable;
+
 const MB: u64 = 1024 * 1024;
 
 /// The whole configuration. Every field maps to one upper-case environment variable.
@@ -47,6 +49,8 @@ pub struct Config {
     pub admin_token: Option<SecretString>,
     pub trusted_proxies: Vec<IpNet>,
     pub log_format: LogFormat,
+    /// USD per million tokens by model (PRICE_TABLE); empty when unset.
+    pub price_table: PriceTable,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,6 +99,7 @@ struct RawConfig {
     no_proxy: Option<String>,
     extra_ca_file: Option<String>,
     proxy_from_env: Option<String>,
+    price_table: Option<String>,
 }
 
 /// The variables this program reads, in README order. A test checks each is documented.
@@ -118,6 +123,7 @@ pub const VARIABLES: &[&str] = &[
     "TRUSTED_PROXIES",
     "LOG_FORMAT",
     "SHUTDOWN_TIMEOUT",
+    "PRICE_TABLE",
 ];
 
 impl Config {
@@ -261,6 +267,16 @@ impl RawConfig {
                 None | Some("json") => LogFormat::Json,
                 Some("pretty") => LogFormat::Pretty,
                 Some(other) => return Err(err("LOG_FORMAT", "must be json or pretty", other)),
+            },
+            price_table: match self.price_table {
+                None => PriceTable::default(),
+                Some(s) => PriceTable::parse(&s).map_err(|why| ConfigError {
+                    variable: "PRICE_TABLE",
+                    expected: format!(
+                        "must look like gpt-4o=2.50/10.00,gpt-4o-mini=0.15/0.60 (USD per million input/output tokens): {why}"
+                    ),
+                    value: Some(s.clone()),
+                })?,
             },
         })
     }

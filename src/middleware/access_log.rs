@@ -1,13 +1,17 @@
 //! One structured log line per request, the request id, and the headers every response carries.
 
 use std::net::IpAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
-use actix_web::body::MessageBody;
+use actix_web::body::{BodySize, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, web};
+use bytes::Bytes;
 use tracing_actix_web::RequestId;
 
 use crate::cache::{CacheKey, CacheStatus, NoCacheReason};
@@ -21,6 +25,8 @@ pub struct RequestOutcome {
     pub cache: CacheStatus,
     pub reason: Option<NoCacheReason>,
     pub upstream_status: Option<u16>,
+    /// Time to the upstream's response head, when this request called it.
+    pub upstream_ms: Option<f64>,
     pub key: Option<CacheKey>,
 }
 
@@ -35,7 +41,8 @@ pub async fn access_log(
     let started = Instant::now();
     let state = req
         .app_data::<web::Data<AppState>>()
-        .expect("AppState is registered");
+        .expect("AppState is registered")
+        .clone();
     let ip = client_ip(
         req.peer_addr(),
         req.headers(),
@@ -54,8 +61,13 @@ pub async fn access_log(
 
     let mut res = next.call(req).await?;
 
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     let outcome = res.response().extensions().get::<RequestOutcome>().copied();
+    let status = res.status().as_u16();
+    if path.starts_with("/v1/") || path == "/v1" {
+        state
+            .metrics
+            .record_request(outcome.map(|o| o.cache), status);
+    }
     let headers = res.headers_mut();
     headers.insert(
         HeaderName::from_static(X_PROXY),
@@ -64,20 +76,103 @@ pub async fn access_log(
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         headers.insert(HeaderName::from_static(X_REQUEST_ID), v);
     }
-    tracing::info!(
-        request_id = %request_id,
-        client_ip = %ip,
-        method = %method,
-        path = %path,
-        status = res.status().as_u16(),
-        cache = outcome.map(|o| o.cache.as_str()),
-        no_cache_reason = outcome.and_then(|o| o.reason).map(NoCacheReason::as_str),
-        upstream_status = outcome.and_then(|o| o.upstream_status),
-        key = outcome.and_then(|o| o.key).map(CacheKey::short),
-        latency_ms = (latency_ms * 1000.0).round() / 1000.0,
-        "request"
-    );
-    Ok(res)
+    let line = LogLine {
+        started,
+        request_id,
+        ip,
+        method,
+        path,
+        status,
+        outcome,
+    };
+    Ok(res.map_body(|_, body| LoggedBody {
+        body,
+        bytes: 0,
+        ended: false,
+        line: Some(line),
+    }))
+}
+
+/// This request's log line, written when its body has been sent (or abandoned).
+struct LogLine {
+    started: Instant,
+    request_id: String,
+    ip: IpAddr,
+    method: Method,
+    path: String,
+    status: u16,
+    outcome: Option<RequestOutcome>,
+}
+
+impl LogLine {
+    fn write(self, bytes_out: u64, complete: bool) {
+        let o = self.outcome;
+        let ms = |d: f64| (d * 1000.0).round() / 1000.0;
+        tracing::info!(
+            request_id = %self.request_id,
+            client_ip = %self.ip,
+            method = %self.method,
+            path = %self.path,
+            status = self.status,
+            cache = o.map(|o| o.cache.as_str()),
+            no_cache_reason = o.and_then(|o| o.reason).map(NoCacheReason::as_str),
+            upstream_status = o.and_then(|o| o.upstream_status),
+            upstream_latency_ms = o.and_then(|o| o.upstream_ms).map(ms),
+            key = o.and_then(|o| o.key).map(CacheKey::short),
+            bytes_out,
+            complete,
+            latency_ms = ms(self.started.elapsed().as_secs_f64() * 1000.0),
+            "request"
+        );
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response body, counted on its way out; the log line goes when it ends or is
+    /// dropped (a client that left mid-stream: `complete` is false).
+    struct LoggedBody<B> {
+        #[pin]
+        body: B,
+        bytes: u64,
+        ended: bool,
+        line: Option<LogLine>,
+    }
+
+    impl<B> PinnedDrop for LoggedBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(line) = this.line.take() {
+                line.write(*this.bytes, *this.ended);
+            }
+        }
+    }
+}
+
+impl<B: MessageBody> MessageBody for LoggedBody<B> {
+    type Error = B::Error;
+
+    fn size(&self) -> BodySize {
+        self.body.size()
+    }
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        let this = self.project();
+        let next = this.body.poll_next(cx);
+        match &next {
+            Poll::Ready(Some(Ok(chunk))) => *this.bytes += chunk.len() as u64,
+            Poll::Ready(None) => {
+                *this.ended = true;
+                if let Some(line) = this.line.take() {
+                    line.write(*this.bytes, true);
+                }
+            }
+            _ => {}
+        }
+        next
+    }
 }
 
 /// A client-supplied `X-Request-Id`, if it is short and harmless enough to echo and log.

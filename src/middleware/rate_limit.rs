@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::HeaderName;
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, web};
 use governor::clock::{Clock, DefaultClock};
@@ -80,9 +81,9 @@ pub async fn rate_limit(
         Ok(snapshot) => {
             let mut res = next.call(req).await?;
             let h = res.headers_mut();
-            h.insert(RATE_LIMIT_LIMIT.parse().expect("valid name"), limit.into());
+            h.insert(HeaderName::from_static(RATE_LIMIT_LIMIT), limit.into());
             h.insert(
-                RATE_LIMIT_REMAINING.parse().expect("valid name"),
+                HeaderName::from_static(RATE_LIMIT_REMAINING),
                 snapshot.remaining_burst_capacity().into(),
             );
             Ok(res.map_into_left_body())

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use crate::cache::{CacheKey, CachedResponse, End, Flight, Head};
+use crate::savings::TokenUsage;
 use crate::startup::AppState;
 
 /// Reads the upstream body into the flight until it ends or every reader has left (which
@@ -55,7 +56,8 @@ pub async fn drive(
                 // and let awc see the body's end so the connection goes back to the pool.
                 if head.content_length == Some(received) {
                     if storable && let Some(body) = flight.recorded_body(Some(&chunk), limit) {
-                        store(&state, key, &head, body).await;
+                        let usage = TokenUsage::of_response(&body, is_event_stream);
+                        store(&state, key, &head, body, usage).await;
                     }
                     let _ = tokio::time::timeout(idle, res.next()).await;
                     drop(res);
@@ -82,17 +84,22 @@ pub async fn drive(
                 } else {
                     None
                 };
-                let complete = |b: &Bytes| {
-                    if is_event_stream {
-                        b.trim_ascii_end().ends_with(b"data: [DONE]")
+                // Complete, with the token usage it reports (read here, once, for the ledger).
+                let checked = body.and_then(|b| {
+                    let usage = if is_event_stream {
+                        if !b.trim_ascii_end().ends_with(b"data: [DONE]") {
+                            return None;
+                        }
+                        TokenUsage::of_response(&b, true)
                     } else if is_json {
-                        serde_json::from_slice::<serde::de::IgnoredAny>(b).is_ok()
+                        TokenUsage::of_json(&b).ok()?
                     } else {
-                        true
-                    }
-                };
-                if let Some(body) = body.filter(complete) {
-                    store(&state, key, &head, body).await;
+                        None
+                    };
+                    Some((b, usage))
+                });
+                if let Some((body, usage)) = checked {
+                    store(&state, key, &head, body, usage).await;
                 }
                 break End::Complete;
             }
@@ -102,7 +109,13 @@ pub async fn drive(
     flight.finish(end);
 }
 
-async fn store(state: &AppState, key: CacheKey, head: &Head, body: Bytes) {
+async fn store(
+    state: &AppState,
+    key: CacheKey,
+    head: &Head,
+    body: Bytes,
+    usage: Option<TokenUsage>,
+) {
     // Copy names and values out of the HTTP client's read buffer: a header value shares that
     // buffer's allocation, and would keep all of it alive for as long as the entry lives.
     let headers = head
@@ -117,6 +130,6 @@ async fn store(state: &AppState, key: CacheKey, head: &Head, body: Bytes) {
         .collect();
     state
         .cache
-        .insert(key, CachedResponse::new(head.status, headers, body))
+        .insert(key, CachedResponse::new(head.status, headers, body, usage))
         .await;
 }

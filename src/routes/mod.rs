@@ -12,6 +12,7 @@ use crate::middleware::rate_limit;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/health", web::get().to(ops::health))
         .route("/stats", web::get().to(ops::stats))
+        .route("/metrics", web::get().to(ops::metrics))
         .route("/cache", web::delete().to(ops::clear_cache))
         .service(
             web::scope("/v1")

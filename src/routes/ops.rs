@@ -9,8 +9,9 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::cache::CacheStatus;
 use crate::errors::ProxyError;
-use crate::metrics::get;
+use crate::metrics::Metrics;
 use crate::startup::AppState;
 
 pub async fn health() -> HttpResponse {
@@ -41,26 +42,81 @@ pub async fn stats(
             "max_size_bytes": config.max_cache_size_bytes,
             "max_entry_size_bytes": state.cache.max_entry_bytes(),
             "ttl": humantime::format_duration(config.cache_ttl).to_string(),
-            "hits": get(&m.hits),
-            "misses": get(&m.misses),
-            "bypasses": get(&m.bypasses),
-            "coalesced": get(&m.coalesced),
+            "hits": m.requests(CacheStatus::Hit),
+            "misses": m.requests(CacheStatus::Miss),
+            "bypasses": m.requests(CacheStatus::Bypass),
+            "coalesced": m.requests(CacheStatus::Coalesced),
             "in_flight": state.flights.len(),
             "in_flight_clients": state.flights.clients(),
-            "stores": get(&m.stores),
-            "evictions": get(&m.evictions),
-            "expirations": get(&m.expirations),
+            "stores": m.stores.get(),
+            "evictions": m.evictions.get(),
+            "expirations": m.expirations.get(),
             "hit_ratio": m.hit_ratio(),
         },
+        "savings": savings(m),
         "rate_limit": config.rate_limit,
-        "rate_limited_total": get(&m.rate_limited),
+        "rate_limited_total": m.rate_limited.get(),
         "rate_limit_tracked_clients": state.limiter.as_ref().map_or(0, |l| l.len()),
-        "upstream_errors_total": get(&m.upstream_errors),
+        "upstream_errors_total": m.upstream_errors.get(),
         "openai_url": state.upstream_base,
         "proxy_url": config.proxy_url.as_ref().map(|p| p.redacted()),
         "uptime_seconds": state.started_at.elapsed().as_secs(),
         "version": env!("CARGO_PKG_VERSION"),
     })))
+}
+
+/// What the cache spared the upstream since start: overall and per model. Dollars only with
+/// a PRICE_TABLE, and only for the models it prices.
+fn savings(m: &Metrics) -> serde_json::Value {
+    let hits = m.requests(CacheStatus::Hit);
+    let (mut prompt, mut completion, mut total, mut usd) = (0, 0, 0, 0.0);
+    let mut by_model = serde_json::Map::new();
+    for (model, s) in m.savings.by_model() {
+        prompt += s.prompt.get();
+        completion += s.completion.get();
+        total += s.total.get();
+        let model_usd = s.usd.as_ref().map(|c| c.get());
+        usd += model_usd.unwrap_or(0.0);
+        by_model.insert(
+            model.to_string(),
+            json!({
+                "hits": s.requests.get(),
+                "prompt_tokens": s.prompt.get(),
+                "completion_tokens": s.completion.get(),
+                "total_tokens": s.total.get(),
+                "usd": model_usd,
+            }),
+        );
+    }
+    json!({
+        "requests_served_from_cache": hits,
+        "upstream_calls_avoided": hits + m.requests(CacheStatus::Coalesced),
+        "hit_ratio": m.hit_ratio(),
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": total,
+        "usd": m.savings.priced().then_some(usd),
+        "by_model": by_model,
+    })
+}
+
+/// Prometheus metrics in the OpenMetrics text format; the same counters as `/stats`.
+pub async fn metrics(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ProxyError> {
+    authorize(&req, &state)?;
+    let m = &state.metrics;
+    let usage = state.cache.usage().await;
+    let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    m.cache_entries.set(gauge(usage.entries));
+    m.cache_bytes.set(gauge(usage.bytes));
+    m.in_flight.set(gauge(state.flights.len() as u64));
+    m.tracked_clients
+        .set(gauge(state.limiter.as_ref().map_or(0, |l| l.len()) as u64));
+    Ok(HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(m.encode()))
 }
 
 pub async fn clear_cache(

@@ -2,6 +2,7 @@
 //! `Cache-Status` on every answer.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix_web::body::{BodyStream, SizedStream};
 use actix_web::http::StatusCode;
@@ -42,8 +43,8 @@ pub async fn forward(
         Ok(d) => d,
         Err(reason) => {
             let upstream = build_upstream_request(&client, &req, &url());
-            let res = send_streaming(upstream, &req, payload, &state).await?;
-            return Ok(relay(res, reason, &state));
+            let (res, took) = send_streaming(upstream, &req, payload, &state).await?;
+            return Ok(relay(res, reason, took, &state));
         }
     };
 
@@ -87,7 +88,7 @@ pub async fn forward(
             }
             Role::Follower(mut reader) => match reader.head().await {
                 Ok(head) => {
-                    let out = respond(&head, CacheStatus::Coalesced, forward, Ok(()), key, &state);
+                    let out = respond(&head, CacheStatus::Coalesced, forward, Ok(()), key);
                     return Ok(with_body(out, &head, reader));
                 }
                 Err(End::NoResponse) if !retried => retried = true,
@@ -115,10 +116,13 @@ async fn lead(
         key,
         flight: Some(flight.clone()),
     };
+    let started = Instant::now();
     let res = upstream
         .send_body(body)
         .await
         .map_err(|e| failed(&e, state))?;
+    let took = started.elapsed();
+    state.metrics.upstream_duration.observe(took.as_secs_f64());
     let head = Arc::new(Head {
         status: res.status(),
         headers: end_to_end(res.headers())
@@ -128,7 +132,8 @@ async fn lead(
     });
     let storable = response_policy(res.status(), res.headers());
     flight.set_head(Arc::clone(&head));
-    let out = respond(&head, CacheStatus::Miss, forward, storable, key, state);
+    let mut out = respond(&head, CacheStatus::Miss, forward, storable, key);
+    upstream_took(&mut out, took);
     actix_web::rt::spawn(fill::drive(
         flight,
         res,
@@ -193,7 +198,8 @@ async fn send_streaming(
     req: &HttpRequest,
     payload: web::Payload,
     state: &AppState,
-) -> Result<UpstreamResponse, ProxyError> {
+) -> Result<(UpstreamResponse, Duration), ProxyError> {
+    let started = Instant::now();
     let chunked = req.headers().contains_key(header::TRANSFER_ENCODING);
     let sent = match content_length(req.headers()) {
         // Keep a known length so the upstream sees Content-Length, not chunked encoding.
@@ -201,7 +207,10 @@ async fn send_streaming(
         None if chunked => upstream.send_stream(payload).await,
         _ => upstream.send().await,
     };
-    sent.map_err(|e| failed(&e, state))
+    let res = sent.map_err(|e| failed(&e, state))?;
+    let took = started.elapsed();
+    state.metrics.upstream_duration.observe(took.as_secs_f64());
+    Ok((res, took))
 }
 
 fn failed(err: &awc::error::SendRequestError, state: &AppState) -> ProxyError {
@@ -236,7 +245,12 @@ async fn read_limited(
 }
 
 /// Passes a bypassed upstream response through untouched, chunk by chunk.
-fn relay(res: UpstreamResponse, reason: NoCacheReason, state: &AppState) -> HttpResponse {
+fn relay(
+    res: UpstreamResponse,
+    reason: NoCacheReason,
+    took: Duration,
+    state: &AppState,
+) -> HttpResponse {
     let status = res.status();
     let mut out = HttpResponse::build(status);
     for (name, value) in end_to_end(res.headers()) {
@@ -258,12 +272,12 @@ fn relay(res: UpstreamResponse, reason: NoCacheReason, state: &AppState) -> Http
     ));
     outcome(
         &mut out,
-        state,
         CacheStatus::Bypass,
         Some(reason),
         Some(status),
         None,
     );
+    upstream_took(&mut out, took);
     let length = content_length(res.headers());
     let body = Box::pin(idle_limited(res, state.config.upstream_idle_timeout));
     match length {
@@ -297,7 +311,10 @@ fn idle_limited(
 /// This is the hot path: headers are inserted as ready values, not parsed from strings.
 fn replay(hit: &CachedResponse, key: CacheKey, state: &AppState) -> HttpResponse {
     let mut out = HttpResponse::build(hit.status);
-    outcome(&mut out, state, CacheStatus::Hit, None, None, Some(key));
+    outcome(&mut out, CacheStatus::Hit, None, None, Some(key));
+    if let Some(usage) = &hit.usage {
+        state.metrics.savings.record_hit(usage);
+    }
     let mut res = out.body(hit.body.clone());
     let age = hit.age_secs();
     let ttl_left = state.config.cache_ttl.as_secs().saturating_sub(age);
@@ -330,7 +347,6 @@ fn respond(
     forward: Forward,
     storable: Result<(), NoCacheReason>,
     key: CacheKey,
-    state: &AppState,
 ) -> HttpResponseBuilder {
     let mut out = HttpResponse::build(head.status);
     for (name, value) in &head.headers {
@@ -343,7 +359,7 @@ fn respond(
     ));
     out.insert_header((HeaderName::from_static(X_CACHE_KEY), key_header(key)));
     let reason = storable.err();
-    outcome(&mut out, state, cache, reason, Some(head.status), Some(key));
+    outcome(&mut out, cache, reason, Some(head.status), Some(key));
     out
 }
 
@@ -360,20 +376,26 @@ fn key_header(key: CacheKey) -> HeaderValue {
     HeaderValue::from_bytes(&key.prefix_hex()).expect("hex is a valid header value")
 }
 
-/// Records what happened: the counters, and the fields of this request's log line.
+/// Adds the upstream's time to response head to this request's log line.
+fn upstream_took(out: &mut HttpResponseBuilder, took: Duration) {
+    if let Some(o) = out.extensions_mut().get_mut::<RequestOutcome>() {
+        o.upstream_ms = Some(took.as_secs_f64() * 1000.0);
+    }
+}
+
+/// Records what happened, for this request's log line and counters (see `access_log`).
 fn outcome(
     out: &mut HttpResponseBuilder,
-    state: &AppState,
     cache: CacheStatus,
     reason: Option<NoCacheReason>,
     upstream_status: Option<StatusCode>,
     key: Option<CacheKey>,
 ) {
-    state.metrics.record(cache);
     out.extensions_mut().insert(RequestOutcome {
         cache,
         reason,
         upstream_status: upstream_status.map(|s| s.as_u16()),
+        upstream_ms: None,
         key,
     });
 }

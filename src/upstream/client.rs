@@ -6,6 +6,7 @@ use awc::error::{ConnectError, SendRequestError};
 use rustls::ClientConfig;
 
 use super::connector::{TunnelError, UpstreamConnector};
+use super::counted::OpenConnections;
 use crate::config::Config;
 use crate::errors::ProxyError;
 
@@ -29,11 +30,12 @@ pub fn tls_config(config: &Config) -> Arc<ClientConfig> {
 /// One client per worker (`awc::Client` is not `Send`). Timeouts come from `Config`, never
 /// from awc's 5 s defaults; redirects are passed to the client, not followed. The connect
 /// timeout bounds TCP connect plus any proxy CONNECT exchange; TLS has its own of equal length.
-pub fn build_client(config: &Config, tls: Arc<ClientConfig>) -> awc::Client {
+pub fn build_client(config: &Config, tls: Arc<ClientConfig>, open: OpenConnections) -> awc::Client {
     let connector = awc::Connector::new()
         .connector(UpstreamConnector::new(
             config.proxy_url.as_ref(),
             &config.no_proxy,
+            open,
         ))
         .rustls_0_23(tls)
         .timeout(config.connect_timeout)

@@ -14,6 +14,7 @@ use secrecy::ExposeSecret;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::counted::{CountedStream, OpenConnections};
 use crate::config::{NoProxy, ProxyUrl};
 
 /// Longest CONNECT reply head we read before giving up.
@@ -69,10 +70,11 @@ struct Tunnel {
 pub struct UpstreamConnector {
     direct: ConnectorService,
     tunnel: Option<Rc<Tunnel>>,
+    open: OpenConnections,
 }
 
 impl UpstreamConnector {
-    pub fn new(proxy: Option<&ProxyUrl>, no_proxy: &NoProxy) -> Self {
+    pub fn new(proxy: Option<&ProxyUrl>, no_proxy: &NoProxy, open: OpenConnections) -> Self {
         let tunnel = proxy.map(|p| {
             Rc::new(Tunnel {
                 proxy_authority: format!("{}:{}", p.host, p.port),
@@ -83,30 +85,36 @@ impl UpstreamConnector {
         Self {
             direct: ConnectorService::default(),
             tunnel,
+            open,
         }
     }
 }
 
 impl Service<ConnectInfo<Uri>> for UpstreamConnector {
-    type Response = Connection<Uri, TcpStream>;
+    type Response = Connection<Uri, CountedStream>;
     type Error = ConnectError;
     type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
 
     actix_service::always_ready!();
 
     fn call(&self, req: ConnectInfo<Uri>) -> Self::Future {
+        let open = self.open.clone();
+        let counted = move |conn: Connection<Uri, TcpStream>| {
+            let (io, uri) = conn.into_parts();
+            Connection::new(uri, CountedStream::new(io, &open))
+        };
         match &self.tunnel {
             Some(tunnel) if !tunnel.no_proxy.matches(req.hostname()) => {
                 let tunnel = tunnel.clone();
                 let direct = self.direct.clone();
-                Box::pin(async move { open_tunnel(&tunnel, &direct, req).await })
+                Box::pin(async move { open_tunnel(&tunnel, &direct, req).await.map(counted) })
             }
             _ => {
                 let connecting = self.direct.call(req);
                 Box::pin(async move {
                     let conn = connecting.await?;
                     no_delay(conn.io_ref());
-                    Ok(conn)
+                    Ok(counted(conn))
                 })
             }
         }

@@ -2,5 +2,6 @@
 
 mod client;
 mod connector;
+mod counted;
 
 pub use client::{build_client, tls_config, upstream_error};

@@ -67,6 +67,7 @@ async fn bad_environment_values_stop_the_process_with_exit_code_2() {
         ),
         ("CONNECT_TIMEOUT", "0s", Some("0s")),
         ("PROXY_FROM_ENV", "maybe", Some("maybe")),
+        ("PRICE_TABLE", "gpt-4o=2.50", Some("gpt-4o=2.50")),
     ] {
         let out = tokio::time::timeout(
             Duration::from_secs(10),
@@ -197,4 +198,46 @@ async fn stop_signal_drains(signal: Signal) {
         http.get(format!("{base}/health")).send().await.is_err(),
         "still accepting"
     );
+}
+
+#[tokio::test]
+async fn the_healthcheck_subcommand_answers_for_the_running_proxy() {
+    let (_child, base) = start_binary(&[]).await;
+    let port = base.rsplit(':').next().unwrap().to_owned();
+    let check = |vars: Vec<(&'static str, String)>, args: &'static [&'static str]| async move {
+        let pairs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let out =
+            tokio::time::timeout(Duration::from_secs(10), command(&pairs).args(args).output())
+                .await
+                .expect("the healthcheck ends within its timeout")
+                .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // HOST=0.0.0.0 (the default) is reached on loopback.
+    let (code, stderr) = check(vec![("PORT", port.clone())], &["healthcheck"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let closed = closed_port().to_string();
+    let (code, stderr) = check(vec![("PORT", closed.clone())], &["healthcheck"]).await;
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{closed}/health")),
+        "{stderr}"
+    );
+    let (code, stderr) = check(
+        vec![("PORT", port.clone()), ("CACHE_TTL", "forever".into())],
+        &["healthcheck"],
+    )
+    .await;
+    assert_eq!(
+        code,
+        Some(1),
+        "a broken environment is unhealthy, not exit 2: {stderr}"
+    );
+    assert!(stderr.contains("CACHE_TTL"), "{stderr}");
+    let (code, stderr) = check(vec![("PORT", port)], &["serve-please"]).await;
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("unknown command"), "{stderr}");
 }

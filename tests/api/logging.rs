@@ -1,5 +1,7 @@
 //! Logs: one structured line per request, and never a secret, even at trace level.
 
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -20,7 +22,7 @@ async fn no_secret_appears_in_logs_at_trace_level() {
     // Upstream traffic really goes through an authenticating proxy.
     let tinyproxy = Tinyproxy::start(true).await;
     let proxy_url = tinyproxy.url(Some((PROXY_USER, PROXY_PASSWORD)));
-    let (mut child, base) = start_binary(&[
+    let (child, base) = start_binary(&[
         ("OPENAI_API_URL", &upstream.uri()),
         ("ADMIN_TOKEN", ADMIN_TOKEN),
         ("PROXY_URL", &proxy_url),
@@ -41,6 +43,7 @@ async fn no_secret_appears_in_logs_at_trace_level() {
             .await
             .unwrap();
         assert_eq!(res.status(), 200);
+        res.bytes().await.unwrap();
     }
     for token in [ADMIN_TOKEN, "wrong"] {
         http.get(format!("{base}/stats"))
@@ -49,7 +52,10 @@ async fn no_secret_appears_in_logs_at_trace_level() {
             .await
             .unwrap();
     }
-    child.start_kill().unwrap();
+    // A graceful stop: a line is written when its response body ends, which may be just
+    // after the client has read the last byte.
+    let pid = Pid::from_raw(child.id().unwrap() as i32);
+    kill(pid, Signal::SIGTERM).expect("SIGTERM delivered");
     let out = child.wait_with_output().await.unwrap();
     let logs = format!(
         "{}{}",
@@ -71,6 +77,15 @@ async fn no_secret_appears_in_logs_at_trace_level() {
     assert_eq!(lines[0]["upstream_status"], 200);
     assert_eq!(lines[0]["key"].as_str().unwrap().len(), 12);
     assert!(lines[0]["latency_ms"].is_number());
+    assert!(
+        lines[0]["upstream_latency_ms"].is_number(),
+        "a miss called upstream"
+    );
+    assert!(lines[1]["upstream_latency_ms"].is_null(), "a hit did not");
+    for line in &lines {
+        assert_eq!(line["bytes_out"], CHAT_ANSWER.len(), "{line}");
+        assert_eq!(line["complete"], true);
+    }
     assert_eq!(lines[0]["method"], "POST");
     assert_eq!(lines[0]["path"], "/v1/chat/completions");
     assert_eq!(lines[0]["status"], 200);

@@ -7,6 +7,7 @@ mod errors;
 mod faults;
 mod helpers;
 mod logging;
+mod metrics;
 mod ops;
 mod outbound_proxy;
 mod proxy;

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use openai_cache_proxy::cache::{CacheKey, CacheStore, CachedResponse};
 use openai_cache_proxy::metrics::Metrics;
+use openai_cache_proxy::savings::{PriceTable, Savings};
 
 fn headers() -> HeaderMap {
     let mut h = HeaderMap::new();
@@ -63,7 +64,7 @@ fn hit_lookup(c: &mut Criterion) {
         64 * 1024 * 1024,
         1024 * 1024,
         Duration::from_secs(3600),
-        Arc::new(Metrics::default()),
+        Arc::new(Metrics::new(Savings::new(PriceTable::default()))),
     );
     let keys: Vec<CacheKey> = (0..10_000)
         .map(|i| {
@@ -81,6 +82,7 @@ fn hit_lookup(c: &mut Criterion) {
                 StatusCode::OK,
                 Vec::new(),
                 Bytes::from_static(&[b'x'; 1400]),
+                None,
             );
             store.insert(*k, entry).await;
         }
