@@ -1,11 +1,20 @@
 # syntax=docker/dockerfile:1
 # Multi-stage build: compile in the Rust image, run as a non-root user in a slim Debian.
+#
+#   docker build -t openai-cache-proxy .
+#
+# The runtime stage takes its binary from the stage named by BINARY_STAGE: `build` (the
+# default, compiled here) or `prebuilt` (a binary named openai-cache-proxy in the build
+# context). CI uses the second, with a local base image, to smoke-test the runtime stage on
+# machines that cannot pull images (.ci/container-check).
+ARG RUNTIME_BASE=debian:bookworm-slim
+ARG BINARY_STAGE=build
 
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 # Dependencies first, so source edits do not rebuild them.
 COPY Cargo.toml Cargo.lock ./
-# (Examples and tests live under tests/; building the binary does not need them.)
+# (Examples, benches and tests live under tests/; building the binary does not need them.)
 RUN mkdir -p src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
@@ -13,16 +22,28 @@ RUN mkdir -p src \
     && rm -rf src
 COPY src ./src
 RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked --bin openai-cache-proxy
+    && cargo build --release --locked --bin openai-cache-proxy \
+    && cp target/release/openai-cache-proxy /openai-cache-proxy
 
-FROM debian:bookworm-slim
+FROM scratch AS prebuilt
+COPY openai-cache-proxy /openai-cache-proxy
+
+# hadolint ignore=DL3006
+FROM ${BINARY_STAGE} AS binary
+
+# hadolint ignore=DL3006
+FROM ${RUNTIME_BASE} AS runtime
 # TLS roots are compiled in (webpki-roots), so no ca-certificates package is needed;
-# corporate CAs are handled by the application, not the image.
-RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin proxy
-COPY --from=build /src/target/release/openai-cache-proxy /usr/local/bin/openai-cache-proxy
+# corporate CAs are handled by the application (EXTRA_CA_FILE), not the image.
+# Not "proxy": Debian base images already have a user of that name (uid 13).
+RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin ocproxy
+COPY --from=binary /openai-cache-proxy /usr/local/bin/openai-cache-proxy
 USER 10001:10001
 ENV HOST=0.0.0.0 \
     PORT=8080
 EXPOSE 8080
 STOPSIGNAL SIGTERM
+# The binary checks itself (GET /health on $PORT), so the image needs no curl.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=5s --retries=3 \
+    CMD ["/usr/local/bin/openai-cache-proxy", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/openai-cache-proxy"]

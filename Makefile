@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help run test test-deps lint fmt bench soak fuzz docker audit
+.PHONY: help run test test-deps lint fmt bench soak fuzz docker container-check audit
 
 help:
 	@echo "make run    - build and run the proxy on :8080 (reads .env if present)"
@@ -13,6 +13,7 @@ help:
 	@echo "make soak   - loopback load soak (release): mixed traffic, 1M client IPs, dropped streams; nothing lost, nothing leaked"
 	@echo "make fuzz   - property tests (cache key, config parser, stream recorder) with many more cases"
 	@echo "make docker - build the container image (needs a Docker engine)"
+	@echo "make container-check - hadolint, and the runtime image built and run with buildah (no engine needed)"
 
 run:
 	@set -a; [ -f .env ] && . ./.env; set +a; cargo run --release --bin openai-cache-proxy
@@ -58,6 +59,9 @@ fuzz:
 
 docker:
 	docker build -t openai-cache-proxy .
+
+container-check:
+	bash .ci/container-check
 
 # Needs the RustSec advisory database from GitHub, which is not reachable everywhere.
 audit:
