@@ -10,6 +10,7 @@ pub mod metrics;
 mod middleware;
 mod routes;
 pub mod savings;
+pub mod shared;
 pub mod startup;
 pub mod telemetry;
 mod upstream;

@@ -14,6 +14,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::cache::CacheStatus;
 use crate::savings::Savings;
+use crate::shared::RedisCounters;
 
 /// What a `/v1` request got from the cache; `none` when it was answered before any cache
 /// decision (rate limited, malformed, too large).
@@ -82,6 +83,7 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub tracked_clients: Gauge,
     pub savings: Savings,
+    pub redis: RedisCounters,
 }
 
 impl Metrics {
@@ -116,6 +118,7 @@ impl Metrics {
             in_flight: Gauge::default(),
             tracked_clients: Gauge::default(),
             savings,
+            redis: RedisCounters::default(),
         };
         let r = &mut registry;
         r.register(
@@ -176,6 +179,26 @@ impl Metrics {
             m.tracked_clients.clone(),
         );
         m.savings.register(r);
+        r.register(
+            "cache_l2_hits",
+            "Lookups answered by the shared (Redis) tier after an L1 miss",
+            m.redis.l2_hits.clone(),
+        );
+        r.register(
+            "cache_l2_misses",
+            "Lookups the shared (Redis) tier could not answer",
+            m.redis.l2_misses.clone(),
+        );
+        r.register(
+            "redis_errors",
+            "Redis calls that failed or timed out (REDIS_TIMEOUT), or were skipped while disconnected",
+            m.redis.errors.clone(),
+        );
+        r.register(
+            "redis_undecodable_values",
+            "Values under the cache prefix in Redis that were not ours; served as misses",
+            m.redis.undecodable.clone(),
+        );
         r.register(
             "build",
             "Build information",

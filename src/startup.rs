@@ -4,6 +4,8 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use secrecy::ExposeSecret;
+
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
@@ -16,6 +18,7 @@ use crate::metrics::Metrics;
 use crate::middleware::{Limiter, access_log, new_limiter, prune_idle};
 use crate::routes;
 use crate::savings::Savings;
+use crate::shared::SharedTier;
 use crate::telemetry::RequestSpan;
 use crate::upstream::{build_client, tls_config};
 
@@ -31,6 +34,8 @@ pub struct AppState {
     pub flights: Flights,
     pub limiter: Option<Arc<Limiter>>,
     pub metrics: Arc<Metrics>,
+    /// The Redis tier (L2 cache, shared clears and rate limit), when REDIS_URL is set.
+    pub shared: Option<Arc<SharedTier>>,
     /// OPENAI_API_URL without a trailing slash; request paths are appended to it.
     pub upstream_base: String,
     pub started_at: Instant,
@@ -51,7 +56,20 @@ impl Application {
         if let Some(limiter) = &limiter {
             tokio::spawn(prune_idle(Arc::downgrade(limiter), LIMITER_PRUNE_EVERY));
         }
+        let shared = match &config.redis {
+            None => None,
+            Some(redis) => Some(Arc::new(
+                SharedTier::new(
+                    redis.url.expose_secret(),
+                    redis.key_prefix.clone(),
+                    redis.timeout,
+                    metrics.redis.clone(),
+                )
+                .map_err(|e| std::io::Error::other(format!("REDIS_URL: {e}")))?,
+            )),
+        };
         let state = web::Data::new(AppState {
+            shared: shared.clone(),
             cache: CacheStore::new(
                 config.max_cache_size_bytes,
                 config.max_entry_size_bytes,
@@ -69,6 +87,12 @@ impl Application {
             started_at: Instant::now(),
             config: Arc::new(config),
         });
+        if let Some(tier) = shared {
+            let l1 = state.cache.clone();
+            let follower = tier.clone();
+            tokio::spawn(async move { tier.connect().await });
+            tokio::spawn(async move { follower.follow_clears(l1).await });
+        }
         let tls = tls_config(&state.config);
         let shutdown = state.config.shutdown_timeout.as_secs().max(1);
         tracing::info!(

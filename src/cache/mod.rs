@@ -42,7 +42,17 @@ impl CachedResponse {
         body: Bytes,
         usage: Option<TokenUsage>,
     ) -> Self {
-        let stored_at = SystemTime::now();
+        Self::stored_at(status, headers, body, usage, SystemTime::now())
+    }
+
+    /// An entry stored at `stored_at` (one read back from the shared tier keeps its age).
+    pub fn stored_at(
+        status: StatusCode,
+        headers: Vec<(HeaderName, HeaderValue)>,
+        body: Bytes,
+        usage: Option<TokenUsage>,
+        stored_at: SystemTime,
+    ) -> Self {
         let stamp = humantime::format_rfc3339_seconds(stored_at).to_string();
         Self {
             status,

@@ -3,6 +3,9 @@
 
 use std::sync::Arc;
 
+use std::time::{Duration, Instant};
+
+use moka::Expiry;
 use moka::future::Cache;
 use moka::notification::RemovalCause;
 use moka::policy::EvictionPolicy;
@@ -12,6 +15,32 @@ use crate::metrics::{Metrics, bump};
 
 /// What one alias costs in memory: two 32-byte keys plus moka's per-entry bookkeeping.
 const ALIAS_WEIGHT: u64 = 256;
+
+struct UntilStale(Duration);
+
+impl Expiry<CacheKey, Arc<CachedResponse>> for UntilStale {
+    fn expire_after_create(
+        &self,
+        _key: &CacheKey,
+        value: &Arc<CachedResponse>,
+        _created_at: Instant,
+    ) -> Option<Duration> {
+        Some(
+            self.0
+                .saturating_sub(value.stored_at.elapsed().unwrap_or_default()),
+        )
+    }
+
+    fn expire_after_update(
+        &self,
+        key: &CacheKey,
+        value: &Arc<CachedResponse>,
+        updated_at: Instant,
+        _left: Option<Duration>,
+    ) -> Option<Duration> {
+        self.expire_after_create(key, value, updated_at)
+    }
+}
 
 /// Cheap to clone: clones share the same entries.
 #[derive(Clone)]
@@ -44,7 +73,9 @@ impl CacheStore {
         let cache = Cache::builder()
             .max_capacity(capacity_bytes - alias_bytes)
             .weigher(|_k, v: &Arc<CachedResponse>| u32::try_from(v.weight()).unwrap_or(u32::MAX))
-            .time_to_live(ttl)
+            // Each entry lives CACHE_TTL from when it was first stored, anywhere: one read
+            // back from the shared tier keeps only what is left of it.
+            .expire_after(UntilStale(ttl))
             // LRU admits every new entry; the default TinyLFU refuses brand-new keys once the
             // cache is full of entries read a few times, so fresh answers would never be cached.
             .eviction_policy(EvictionPolicy::lru())
@@ -88,6 +119,16 @@ impl CacheStore {
         self.cache.insert(key, Arc::new(value)).await;
         bump(&self.metrics.stores);
         true
+    }
+
+    /// Puts an entry read from the shared tier into this instance's cache (not counted as a
+    /// store: it was stored once, elsewhere) and returns it.
+    pub async fn fill(&self, key: CacheKey, value: CachedResponse) -> Arc<CachedResponse> {
+        let value = Arc::new(value);
+        if value.weight() <= self.max_entry_bytes {
+            self.cache.insert(key, Arc::clone(&value)).await;
+        }
+        value
     }
 
     /// Drops every entry; returns how many there were.

@@ -1,9 +1,12 @@
 //! Runtime configuration: read once from the environment, validated, then shared read-only.
 
 mod proxy;
+mod shared;
 
 use proxy::choose_proxy;
 pub use proxy::{NoProxy, ProxyUrl};
+pub use shared::RedisConfig;
+use shared::RedisVars;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -51,6 +54,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// USD per million tokens by model (PRICE_TABLE); empty when unset.
     pub price_table: PriceTable,
+    /// The shared (Redis) tier, when REDIS_URL is set.
+    pub redis: Option<RedisConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +105,11 @@ struct RawConfig {
     extra_ca_file: Option<String>,
     proxy_from_env: Option<String>,
     price_table: Option<String>,
+    redis_url: Option<String>,
+    redis_cluster: Option<String>,
+    cache_key_prefix: Option<String>,
+    redis_timeout: Option<String>,
+    rate_limit_backend: Option<String>,
 }
 
 /// The variables this program reads, in README order. A test checks each is documented.
@@ -124,6 +134,11 @@ pub const VARIABLES: &[&str] = &[
     "LOG_FORMAT",
     "SHUTDOWN_TIMEOUT",
     "PRICE_TABLE",
+    "REDIS_URL",
+    "REDIS_CLUSTER",
+    "CACHE_KEY_PREFIX",
+    "REDIS_TIMEOUT",
+    "RATE_LIMIT_BACKEND",
 ];
 
 impl Config {
@@ -268,6 +283,17 @@ impl RawConfig {
                 Some("pretty") => LogFormat::Pretty,
                 Some(other) => return Err(err("LOG_FORMAT", "must be json or pretty", other)),
             },
+            redis: shared::parse(RedisVars {
+                url: self.redis_url,
+                cluster: self.redis_cluster,
+                key_prefix: self.cache_key_prefix,
+                timeout: parse_duration(
+                    "REDIS_TIMEOUT",
+                    self.redis_timeout,
+                    Duration::from_millis(50),
+                )?,
+                rate_limit_backend: self.rate_limit_backend,
+            })?,
             price_table: match self.price_table {
                 None => PriceTable::default(),
                 Some(s) => PriceTable::parse(&s).map_err(|why| ConfigError {

@@ -20,6 +20,7 @@ use crate::client_ip::client_ip;
 use crate::errors::ProxyError;
 use crate::headers::{RATE_LIMIT_LIMIT, RATE_LIMIT_REMAINING};
 use crate::metrics::bump;
+use crate::shared::Decision;
 use crate::startup::AppState;
 
 pub type Limiter<C = DefaultClock> =
@@ -77,20 +78,36 @@ pub async fn rate_limit(
             )
         });
     let limit = state.config.rate_limit;
-    match limiter.check_key(&ip) {
-        Ok(snapshot) => {
+    // One bucket across all instances when RATE_LIMIT_BACKEND=redis; this instance's own
+    // whenever Redis cannot decide in time.
+    let shared = match (&state.shared, &state.config.redis) {
+        (Some(tier), Some(redis)) if redis.shared_rate_limit => tier.rate_limit(ip, limit).await,
+        _ => None,
+    };
+    let local = || {
+        limiter
+            .check_key(&ip)
+            .map(|snapshot| u64::from(snapshot.remaining_burst_capacity()))
+            .map_err(|not_until| not_until.wait_time_from(limiter.clock().now()))
+    };
+    let decision = match shared {
+        Some(Decision::Allowed { remaining }) => Ok(remaining),
+        Some(Decision::Refused { retry_after }) => Err(retry_after),
+        None => local(),
+    };
+    match decision {
+        Ok(remaining) => {
             let mut res = next.call(req).await?;
             let h = res.headers_mut();
             h.insert(HeaderName::from_static(RATE_LIMIT_LIMIT), limit.into());
             h.insert(
                 HeaderName::from_static(RATE_LIMIT_REMAINING),
-                snapshot.remaining_burst_capacity().into(),
+                remaining.into(),
             );
             Ok(res.map_into_left_body())
         }
-        Err(not_until) => {
+        Err(retry_after) => {
             bump(&state.metrics.rate_limited);
-            let retry_after = not_until.wait_time_from(limiter.clock().now());
             let err = ProxyError::RateLimited { retry_after, limit };
             Ok(req.error_response(err).map_into_right_body())
         }

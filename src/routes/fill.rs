@@ -128,8 +128,13 @@ async fn store(
             (name, value)
         })
         .collect();
-    state
-        .cache
-        .insert(key, CachedResponse::new(head.status, headers, body, usage))
-        .await;
+    let entry = CachedResponse::new(head.status, headers, body, usage);
+    // The shared tier first (bounded by REDIS_TIMEOUT): a sibling asked right after this
+    // answer ends finds it there.
+    if let Some(tier) = &state.shared
+        && entry.weight() <= state.cache.max_entry_bytes()
+    {
+        tier.put(key, &entry, state.config.cache_ttl).await;
+    }
+    state.cache.insert(key, entry).await;
 }

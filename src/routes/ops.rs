@@ -1,4 +1,4 @@
-//! Operator endpoints: `GET /health`, `GET /stats`, `DELETE /cache`.
+//! Operator endpoints: `GET /health`, `GET /stats`, `GET /metrics`, `DELETE /cache`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -12,18 +12,32 @@ use subtle::ConstantTimeEq;
 use crate::cache::CacheStatus;
 use crate::errors::ProxyError;
 use crate::metrics::Metrics;
+use crate::shared::SharedTier;
 use crate::startup::AppState;
 
-pub async fn health() -> HttpResponse {
+/// Always 200 while the process serves: without Redis the proxy still answers (from L1 and
+/// the upstream), so a Redis outage shows as `"redis":"degraded"`, not as unhealthy. With
+/// Redis configured, each call PINGs it (bounded by REDIS_TIMEOUT; skipped while the circuit
+/// breaker is open).
+pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    HttpResponse::Ok().json(json!({
+    let mut body = json!({
         "status": "healthy",
         "service": "openai-cache-proxy",
         "timestamp": now,
-    }))
+    });
+    if let Some(tier) = &state.shared {
+        let ok = tier.ping().await;
+        body["redis"] = if ok { "ok" } else { "degraded" }.into();
+    }
+    HttpResponse::Ok().json(body)
+}
+
+fn redis_state(tier: &SharedTier) -> &'static str {
+    if tier.degraded() { "degraded" } else { "ok" }
 }
 
 pub async fn stats(
@@ -54,6 +68,16 @@ pub async fn stats(
             "hit_ratio": m.hit_ratio(),
         },
         "savings": savings(m),
+        "redis": state.shared.as_ref().zip(config.redis.as_ref()).map(|(tier, redis)| json!({
+            "url": redis.redacted,
+            "state": redis_state(tier),
+            "key_prefix": redis.key_prefix,
+            "l2_hits": tier.counters.l2_hits.get(),
+            "l2_misses": tier.counters.l2_misses.get(),
+            "errors": tier.counters.errors.get(),
+            "undecodable_values": tier.counters.undecodable.get(),
+            "shared_rate_limit": redis.shared_rate_limit,
+        })),
         "rate_limit": config.rate_limit,
         "rate_limited_total": m.rate_limited.get(),
         "rate_limit_tracked_clients": state.limiter.as_ref().map_or(0, |l| l.len()),
@@ -125,11 +149,20 @@ pub async fn clear_cache(
 ) -> Result<HttpResponse, ProxyError> {
     authorize(&req, &state)?;
     let cleared = state.cache.clear().await;
-    tracing::info!(cleared, "cache cleared");
-    Ok(HttpResponse::Ok().json(json!({
+    let mut body = json!({
         "message": "Cache cleared successfully",
         "cleared": cleared,
-    })))
+    });
+    // The shared tier's keys, and (by pub/sub) every other instance's L1.
+    if let Some(tier) = &state.shared {
+        let shared = tier.clear().await;
+        if shared.is_none() {
+            tracing::warn!("cache cleared here, but redis could not be cleared");
+        }
+        body["shared_cleared"] = shared.into();
+    }
+    tracing::info!(cleared, "cache cleared");
+    Ok(HttpResponse::Ok().json(body))
 }
 
 /// With ADMIN_TOKEN set, requires `Authorization: Bearer <token>`. Both sides are hashed

@@ -75,6 +75,13 @@ pub async fn forward(
                 return Ok(replay(&hit, key, &state));
             }
             forward = Forward::Stale;
+        } else if directives.lookup
+            && !retried
+            && let Some(hit) = shared_lookup(key, &state).await
+            && directives.max_age.is_none_or(|max| hit.age_secs() <= max)
+        {
+            state.cache.remember_alias(exact, key);
+            return Ok(replay(&hit, key, &state));
         }
         let role = if directives.lookup {
             state.flights.join(key)
@@ -96,6 +103,13 @@ pub async fn forward(
             },
         }
     }
+}
+
+/// The shared tier's entry for `key`, copied into this instance's L1 (for what is left of
+/// its TTL) so the next hit here stays local.
+async fn shared_lookup(key: CacheKey, state: &AppState) -> Option<Arc<CachedResponse>> {
+    let entry = state.shared.as_ref()?.get(key).await?;
+    Some(state.cache.fill(key, entry).await)
 }
 
 /// Calls the upstream for a flight and answers the leader; a spawned driver then feeds the

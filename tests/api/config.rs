@@ -68,6 +68,11 @@ async fn bad_environment_values_stop_the_process_with_exit_code_2() {
         ("CONNECT_TIMEOUT", "0s", Some("0s")),
         ("PROXY_FROM_ENV", "maybe", Some("maybe")),
         ("PRICE_TABLE", "gpt-4o=2.50", Some("gpt-4o=2.50")),
+        ("REDIS_URL", "http://:hunter2@cache:6379", None),
+        ("REDIS_URL", "redis://:hunter2@", None),
+        ("REDIS_CLUSTER", "true", None),
+        ("RATE_LIMIT_BACKEND", "redis", Some("redis")),
+        ("REDIS_TIMEOUT", "soon", Some("soon")),
     ] {
         let out = tokio::time::timeout(
             Duration::from_secs(10),
@@ -88,7 +93,10 @@ async fn bad_environment_values_stop_the_process_with_exit_code_2() {
         if let Some(shown) = shown {
             assert!(stderr.contains(shown), "{var}: value not shown: {stderr}");
         }
-        assert!(!stderr.contains("s3cr3t"), "secret leaked: {stderr}");
+        assert!(
+            !stderr.contains("s3cr3t") && !stderr.contains("hunter2"),
+            "secret leaked: {stderr}"
+        );
     }
 }
 

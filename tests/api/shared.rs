@@ -1,0 +1,250 @@
+//! Several instances sharing one Redis: the L2 cache, cross-instance clears, one rate limit,
+//! and Redis failures that never make the proxy worse.
+
+use std::time::Duration;
+
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::helpers::{CHAT_ANSWER, CHAT_BODY, client, eventually, spawn_proxy};
+use crate::redis_server::RedisServer;
+
+struct Instance {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Instance {
+    /// A proxy in front of `upstream` sharing `redis`; returns once it reports Redis ok.
+    async fn start(upstream: &MockServer, redis: &RedisServer, extra: &[(&str, &str)]) -> Self {
+        let url = redis.url();
+        let mut vars = vec![("REDIS_URL", url.as_str()), ("REDIS_TIMEOUT", "2s")];
+        vars.extend_from_slice(extra);
+        let me = Self {
+            base: spawn_proxy(&upstream.uri(), &vars),
+            http: client(),
+        };
+        me.until_redis("ok").await;
+        me
+    }
+
+    async fn until_redis(&self, state: &str) {
+        eventually(
+            Duration::from_secs(20),
+            &format!("redis {state}"),
+            || async {
+                let health: serde_json::Value = self
+                    .http
+                    .get(format!("{}/health", self.base))
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                (health["redis"] == state).then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// POSTs `body`; returns (status, X-Cache, body).
+    async fn post(&self, body: &str) -> (u16, String, String) {
+        let res = self
+            .http
+            .post(format!("{}/v1/chat/completions", self.base))
+            .bearer_auth("sk-shared")
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        let cache = res
+            .headers()
+            .get("x-cache")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        (status, cache, res.text().await.unwrap())
+    }
+
+    async fn stats(&self) -> serde_json::Value {
+        let res = self.http.get(format!("{}/stats", self.base)).send().await;
+        res.unwrap().json().await.unwrap()
+    }
+}
+
+async fn upstream() -> MockServer {
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(CHAT_ANSWER, "application/json"))
+        .mount(&upstream)
+        .await;
+    upstream
+}
+
+async fn calls(upstream: &MockServer) -> usize {
+    upstream.received_requests().await.unwrap().len()
+}
+
+#[tokio::test]
+async fn a_miss_on_one_instance_is_a_hit_on_another_and_a_clear_reaches_both() {
+    let redis = RedisServer::start().await;
+    let upstream = upstream().await;
+    let a = Instance::start(&upstream, &redis, &[]).await;
+    let b = Instance::start(&upstream, &redis, &[]).await;
+
+    let miss = a.post(CHAT_BODY).await;
+    assert_eq!((miss.0, miss.1.as_str()), (200, "MISS"));
+    let hit = b.post(CHAT_BODY).await;
+    assert_eq!(
+        (hit.0, hit.1.as_str()),
+        (200, "HIT"),
+        "B finds A's answer in Redis"
+    );
+    assert_eq!(hit.2, miss.2, "byte-identical");
+    assert_eq!(calls(&upstream).await, 1);
+    let stats = b.stats().await;
+    assert_eq!(stats["redis"]["l2_hits"], 1, "{stats}");
+    assert_eq!(stats["cache"]["item_count"], 1, "the L2 hit filled B's L1");
+    // B now answers from its own memory.
+    assert_eq!(b.post(CHAT_BODY).await.1, "HIT");
+    assert_eq!(b.stats().await["redis"]["l2_hits"], 1);
+
+    // A clear on A empties Redis and, through pub/sub, B's L1: the next request anywhere misses.
+    let res = a
+        .http
+        .delete(format!("{}/cache", a.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["shared_cleared"], 1, "{body}");
+    eventually(Duration::from_secs(10), "B's L1 to be dropped", || async {
+        (b.stats().await["cache"]["item_count"] == 0).then_some(())
+    })
+    .await;
+    assert_eq!(b.post(CHAT_BODY).await.1, "MISS");
+    assert_eq!(calls(&upstream).await, 2);
+}
+
+#[tokio::test]
+async fn one_rate_limit_holds_across_instances() {
+    let redis = RedisServer::start().await;
+    let upstream = upstream().await;
+    let shared = [("RATE_LIMIT", "5"), ("RATE_LIMIT_BACKEND", "redis")];
+    let a = Instance::start(&upstream, &redis, &shared).await;
+    let b = Instance::start(&upstream, &redis, &shared).await;
+    let mut allowed = 0;
+    let mut refused = 0;
+    for i in 0..12 {
+        let instance = if i % 2 == 0 { &a } else { &b };
+        match instance.post(&format!(r#"{{"n":{i}}}"#)).await.0 {
+            200 => allowed += 1,
+            429 => refused += 1,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    // Each instance alone would let 5 through: together they let 5, not 10.
+    assert_eq!((allowed, refused), (5, 7));
+    let limited = a.stats().await["rate_limited_total"].as_u64().unwrap()
+        + b.stats().await["rate_limited_total"].as_u64().unwrap();
+    assert_eq!(limited, 7);
+}
+
+#[tokio::test]
+async fn without_redis_both_instances_keep_answering_and_use_it_again_when_it_returns() {
+    let mut redis = RedisServer::start().await;
+    let upstream = upstream().await;
+    let a = Instance::start(&upstream, &redis, &[]).await;
+    let b = Instance::start(&upstream, &redis, &[]).await;
+    assert_eq!(a.post(r#"{"n":1}"#).await.1, "MISS");
+
+    redis.stop();
+    // Hits from L1, misses from the upstream, never a 5xx.
+    for _ in 0..3 {
+        assert_eq!(
+            a.post(r#"{"n":1}"#).await,
+            (200, "HIT".into(), CHAT_ANSWER.into())
+        );
+    }
+    for n in 2..6 {
+        let (status, cache, body) = b.post(&format!(r#"{{"n":{n}}}"#)).await;
+        assert_eq!(
+            (status, cache.as_str(), body.as_str()),
+            (200, "MISS", CHAT_ANSWER)
+        );
+    }
+    a.until_redis("degraded").await;
+    b.until_redis("degraded").await;
+    assert!(b.stats().await["redis"]["errors"].as_u64().unwrap() >= 1);
+
+    redis.restart().await;
+    // Without restarting the proxies: a new answer stored by A is found by B in Redis.
+    eventually(
+        Duration::from_secs(30),
+        "the shared tier to be used again",
+        || async {
+            let n = rand_n();
+            let stored = a.post(&format!(r#"{{"again":{n}}}"#)).await;
+            assert_eq!(stored.0, 200);
+            let (status, cache, _) = b.post(&format!(r#"{{"again":{n}}}"#)).await;
+            assert_eq!(status, 200);
+            (cache == "HIT").then_some(())
+        },
+    )
+    .await;
+}
+
+/// A different body each attempt.
+fn rand_n() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+#[tokio::test]
+async fn a_corrupt_value_in_redis_is_a_miss_not_a_crash() {
+    let redis = RedisServer::start().await;
+    let upstream = upstream().await;
+    let a = Instance::start(&upstream, &redis, &[]).await;
+    let b = Instance::start(&upstream, &redis, &[]).await;
+    assert_eq!(a.post(CHAT_BODY).await.1, "MISS");
+
+    let mut conn = redis.connection();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("ocp:v1:*").query(&mut conn).unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert_eq!(
+        keys[0].len(),
+        "ocp:v1:".len() + 64,
+        "prefix + SHA-256 in hex"
+    );
+    let ttl: i64 = redis::cmd("PTTL").arg(&keys[0]).query(&mut conn).unwrap();
+    assert!(
+        ttl > 0 && ttl <= 300_000,
+        "stored with the entry's TTL (PX): {ttl}"
+    );
+    for garbage in [&b"OCP1\x00\xc8truncated"[..], b"{\"not\":\"ours\"}"] {
+        let _: () = redis::cmd("SET")
+            .arg(&keys[0])
+            .arg(garbage)
+            .query(&mut conn)
+            .unwrap();
+        let before = calls(&upstream).await;
+        let (status, cache, body) = b.post(CHAT_BODY).await;
+        assert_eq!(
+            (status, cache.as_str(), body.as_str()),
+            (200, "MISS", CHAT_ANSWER)
+        );
+        assert_eq!(calls(&upstream).await, before + 1);
+        // B stored its own answer; clear its L1 for the next round.
+        b.http
+            .delete(format!("{}/cache", b.base))
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(b.stats().await["redis"]["undecodable_values"], 2);
+}
