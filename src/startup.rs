@@ -61,6 +61,7 @@ impl Application {
             Some(redis) => Some(Arc::new(
                 SharedTier::new(
                     redis.url.expose_secret(),
+                    redis.cluster,
                     redis.key_prefix.clone(),
                     redis.timeout,
                     metrics.redis.clone(),

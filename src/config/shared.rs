@@ -12,8 +12,11 @@ use super::{ConfigError, err};
 pub struct RedisConfig {
     /// May carry a password: never logged or shown; see `redacted`.
     pub url: SecretString,
-    /// `redis://host:port/db` with any credentials replaced by `***`.
+    /// `redis://host:port/db` with any credentials replaced by `***` (each node's, for a
+    /// Cluster).
     pub redacted: String,
+    /// REDIS_CLUSTER=true: `url` lists some nodes of a Redis Cluster.
+    pub cluster: bool,
     pub key_prefix: String,
     pub timeout: Duration,
     /// RATE_LIMIT_BACKEND=redis: one bucket per client across all instances.
@@ -34,17 +37,11 @@ pub fn parse(vars: RedisVars) -> Result<Option<RedisConfig>, ConfigError> {
         Some("redis") => true,
         Some(other) => return Err(err("RATE_LIMIT_BACKEND", "must be local or redis", other)),
     };
-    match vars.cluster.as_deref().map(str::trim) {
-        None | Some("false") | Some("0") => {}
-        Some("true") | Some("1") => {
-            return Err(ConfigError {
-                variable: "REDIS_CLUSTER",
-                expected: "must be false: Redis Cluster is not supported yet (use one Redis server, or a Sentinel-managed primary behind one address)".into(),
-                value: None,
-            });
-        }
+    let cluster = match vars.cluster.as_deref().map(str::trim) {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") => true,
         Some(other) => return Err(err("REDIS_CLUSTER", "must be true or false", other)),
-    }
+    };
     let Some(raw) = vars.url else {
         if shared_rate_limit {
             return Err(err(
@@ -56,27 +53,19 @@ pub fn parse(vars: RedisVars) -> Result<Option<RedisConfig>, ConfigError> {
         return Ok(None);
     };
     let raw = raw.trim().to_owned();
-    let expected = "must be a URL such as redis://host:6379/0 (rediss:// is not built in)";
-    let url = Url::parse(&raw).map_err(|_| ConfigError {
-        variable: "REDIS_URL",
-        expected: expected.into(),
-        value: None,
-    })?;
-    // The value may hold a password: errors never show it.
-    if url.scheme() != "redis" || url.host_str().is_none_or(str::is_empty) {
+    let urls: Vec<&str> = raw.split(',').map(str::trim).collect();
+    if urls.len() > 1 && !cluster {
         return Err(ConfigError {
             variable: "REDIS_URL",
-            expected: expected.into(),
+            expected: "must be one URL unless REDIS_CLUSTER=true (then a comma-separated list of cluster nodes)".into(),
             value: None,
         });
     }
-    let mut redacted = url.clone();
-    if !url.username().is_empty() || url.password().is_some() {
-        let hidden = redacted.set_username("***").is_ok() && redacted.set_password(None).is_ok();
-        if !hidden {
-            redacted = Url::parse("redis://***").expect("a valid URL");
-        }
-    }
+    let redacted = urls
+        .iter()
+        .map(|u| redact(u))
+        .collect::<Result<Vec<_>, _>>()?
+        .join(",");
     let key_prefix = vars.key_prefix.unwrap_or_else(|| "ocp:v1:".into());
     if key_prefix.is_empty() || key_prefix.contains(['*', '?', '[', ']', ' ']) {
         return Err(err(
@@ -87,9 +76,32 @@ pub fn parse(vars: RedisVars) -> Result<Option<RedisConfig>, ConfigError> {
     }
     Ok(Some(RedisConfig {
         url: SecretString::from(raw),
-        redacted: redacted.to_string(),
+        cluster,
+        redacted,
         key_prefix,
         timeout: vars.timeout,
         shared_rate_limit,
     }))
+}
+
+/// One `redis://` URL with its credentials replaced by `***`; an error never shows the value
+/// (it may hold a password).
+fn redact(raw: &str) -> Result<String, ConfigError> {
+    let bad = || ConfigError {
+        variable: "REDIS_URL",
+        expected: "must be a URL such as redis://host:6379/0 (rediss:// is not built in)".into(),
+        value: None,
+    };
+    let url = Url::parse(raw).map_err(|_| bad())?;
+    if url.scheme() != "redis" || url.host_str().is_none_or(str::is_empty) {
+        return Err(bad());
+    }
+    let mut redacted = url.clone();
+    if !url.username().is_empty() || url.password().is_some() {
+        let hidden = redacted.set_username("***").is_ok() && redacted.set_password(None).is_ok();
+        if !hidden {
+            return Ok("redis://***".into());
+        }
+    }
+    Ok(redacted.to_string())
 }

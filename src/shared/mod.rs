@@ -16,7 +16,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use prometheus_client::metrics::counter::Counter;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{RedisFuture, Value};
 
 pub use breaker::Breaker;
 
@@ -59,9 +62,54 @@ pub struct RedisCounters {
     pub undecodable: Counter,
 }
 
+/// Where Redis is: one server, or a Cluster given by some of its nodes.
+enum Target {
+    Single(redis::Client),
+    Cluster {
+        client: Box<ClusterClient>,
+        /// The seed URLs, for pub/sub and for clearing each primary on its own.
+        seeds: Vec<String>,
+    },
+}
+
+/// A connection to either; both reconnect by themselves.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 pub struct SharedTier {
-    client: redis::Client,
-    conn: Mutex<Option<ConnectionManager>>,
+    target: Target,
+    conn: Mutex<Option<Conn>>,
     prefix: String,
     timeout: Duration,
     breaker: Breaker,
@@ -70,15 +118,31 @@ pub struct SharedTier {
 }
 
 impl SharedTier {
-    /// A tier for `url` (not connected yet: see [`SharedTier::connect`]).
+    /// A tier for `url`, or with `cluster` for the comma-separated seed nodes in it (not
+    /// connected yet: see [`SharedTier::connect`]).
     pub fn new(
         url: &str,
+        cluster: bool,
         prefix: String,
         timeout: Duration,
         counters: RedisCounters,
     ) -> redis::RedisResult<Self> {
+        let target = if cluster {
+            let seeds: Vec<String> = url.split(',').map(|u| u.trim().to_owned()).collect();
+            let client = ClusterClient::builder(seeds.clone())
+                .connection_timeout(timeout.max(Duration::from_millis(500)))
+                .response_timeout(timeout)
+                .retries(1)
+                .build()?;
+            Target::Cluster {
+                client: Box::new(client),
+                seeds,
+            }
+        } else {
+            Target::Single(redis::Client::open(url)?)
+        };
         Ok(Self {
-            client: redis::Client::open(url)?,
+            target,
             conn: Mutex::new(None),
             prefix,
             timeout,
@@ -96,7 +160,17 @@ impl SharedTier {
             .set_response_timeout(Some(self.timeout))
             .set_number_of_retries(1);
         loop {
-            match ConnectionManager::new_with_config(self.client.clone(), config.clone()).await {
+            let connected = match &self.target {
+                Target::Single(client) => {
+                    ConnectionManager::new_with_config(client.clone(), config.clone())
+                        .await
+                        .map(Conn::Single)
+                }
+                Target::Cluster { client, .. } => {
+                    client.get_async_connection().await.map(Conn::Cluster)
+                }
+            };
+            match connected {
                 Ok(conn) => {
                     *self.conn.lock().expect("redis lock") = Some(conn);
                     tracing::info!("connected to redis");
@@ -113,8 +187,16 @@ impl SharedTier {
     /// Drops this instance's L1 whenever any instance clears the cache. Reconnects forever.
     pub async fn follow_clears(&self, l1: CacheStore) {
         let channel = self.channel();
-        loop {
-            match self.client.get_async_pubsub().await {
+        // A Cluster broadcasts PUBLISH to every node: any one will do; try them in turn.
+        let clients: Vec<redis::Client> = match &self.target {
+            Target::Single(client) => vec![client.clone()],
+            Target::Cluster { seeds, .. } => seeds
+                .iter()
+                .filter_map(|s| redis::Client::open(s.as_str()).ok())
+                .collect(),
+        };
+        for client in clients.iter().cycle() {
+            match client.get_async_pubsub().await {
                 Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
                     Ok(()) => {
                         let mut messages = pubsub.on_message();
@@ -162,7 +244,7 @@ impl SharedTier {
 
     async fn bounded<T, F, Fut>(&self, limit: Duration, f: F) -> Option<T>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         if !self.breaker.allows() {
@@ -234,6 +316,34 @@ impl SharedTier {
     /// then tells every instance to drop its L1. Returns how many keys went, or `None` if
     /// Redis could not be reached.
     pub async fn clear(&self) -> Option<u64> {
+        let removed = match &self.target {
+            Target::Single(_) => {
+                let conn = self.conn.lock().expect("redis lock").clone()?;
+                self.clear_node(conn).await?
+            }
+            // SCAN sees one node's keys: clear each primary through its own connection.
+            Target::Cluster { seeds, .. } => {
+                let mut removed = 0;
+                for node in self.primaries(seeds).await? {
+                    let client = redis::Client::open(node.as_str()).ok()?;
+                    let conn = self
+                        .bounded(self.timeout, |_| async move {
+                            client.get_multiplexed_async_connection().await
+                        })
+                        .await?;
+                    removed += self.clear_node(conn).await?;
+                }
+                removed
+            }
+        };
+        let _: Option<u64> = self
+            .call(redis::cmd("PUBLISH").arg(self.channel()).arg("clear"))
+            .await;
+        Some(removed)
+    }
+
+    /// SCAN + UNLINK of the prefix's keys on one server, in batches.
+    async fn clear_node<C: ConnectionLike + Clone>(&self, conn: C) -> Option<u64> {
         let pattern = format!("{}*", self.prefix);
         let mut cursor: u64 = 0;
         let mut removed = 0;
@@ -245,20 +355,60 @@ impl SharedTier {
                 .arg("COUNT")
                 .arg(1000)
                 .to_owned();
-            let (next, keys): (u64, Vec<String>) = self.call(&scan).await?;
+            let mut c = conn.clone();
+            let (next, keys): (u64, Vec<String>) = self
+                .bounded(
+                    self.timeout,
+                    |_| async move { scan.query_async(&mut c).await },
+                )
+                .await?;
             if !keys.is_empty() {
-                let n: u64 = self.call(redis::cmd("UNLINK").arg(&keys)).await?;
-                removed += n;
+                // One UNLINK per key, pipelined: on a Cluster node, a multi-key UNLINK of keys
+                // in different hash slots is refused (CROSSSLOT).
+                let mut unlink = redis::pipe();
+                for key in &keys {
+                    unlink.cmd("UNLINK").arg(key);
+                }
+                let mut c = conn.clone();
+                let gone: Vec<u64> = self
+                    .bounded(
+                        self.timeout,
+                        |_| async move { unlink.query_async(&mut c).await },
+                    )
+                    .await?;
+                removed += gone.iter().sum::<u64>();
             }
             cursor = next;
             if cursor == 0 {
-                break;
+                return Some(removed);
             }
         }
-        let _: Option<u64> = self
-            .call(redis::cmd("PUBLISH").arg(self.channel()).arg("clear"))
-            .await;
-        Some(removed)
+    }
+
+    /// URLs of the Cluster's primaries (from CLUSTER NODES), with the seeds' credentials.
+    async fn primaries(&self, seeds: &[String]) -> Option<Vec<String>> {
+        let nodes: String = self
+            .call(&redis::cmd("CLUSTER").arg("NODES").to_owned())
+            .await?;
+        let seed = url::Url::parse(seeds.first()?).ok()?;
+        let urls = nodes
+            .lines()
+            .filter(|line| {
+                let flags = line.split(' ').nth(2).unwrap_or_default();
+                flags.split(',').any(|f| f == "master") && !flags.contains("fail")
+            })
+            .filter_map(|line| {
+                // `<id> <ip>:<port>@<bus-port>[,<hostname>] <flags> ...`
+                let addr = line.split(' ').nth(1)?.split('@').next()?;
+                let (host, port) = addr.rsplit_once(':')?;
+                let mut url = seed.clone();
+                url.set_host(Some(host.trim_start_matches('[').trim_end_matches(']')))
+                    .ok()?;
+                url.set_port(Some(port.parse().ok()?)).ok()?;
+                Some(url.to_string())
+            })
+            .collect();
+        Some(urls)
     }
 
     /// One request from `ip` against the shared bucket: `per_minute` with a burst of the same

@@ -70,7 +70,8 @@ async fn bad_environment_values_stop_the_process_with_exit_code_2() {
         ("PRICE_TABLE", "gpt-4o=2.50", Some("gpt-4o=2.50")),
         ("REDIS_URL", "http://:hunter2@cache:6379", None),
         ("REDIS_URL", "redis://:hunter2@", None),
-        ("REDIS_CLUSTER", "true", None),
+        ("REDIS_CLUSTER", "maybe", Some("maybe")),
+        ("REDIS_URL", "redis://:s3cr3t@a:1,redis://b:2", None),
         ("RATE_LIMIT_BACKEND", "redis", Some("redis")),
         ("REDIS_TIMEOUT", "soon", Some("soon")),
     ] {

@@ -7,7 +7,48 @@ use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::helpers::{CHAT_ANSWER, CHAT_BODY, client, eventually, spawn_proxy};
-use crate::redis_server::RedisServer;
+use crate::redis_server::{RedisCluster, RedisServer};
+
+/// Where the shared tier lives: one server, or a three-primary Cluster.
+enum Backend {
+    Single(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Backend {
+    async fn single() -> Self {
+        Self::Single(RedisServer::start().await)
+    }
+
+    async fn cluster() -> Self {
+        Self::Cluster(RedisCluster::start().await)
+    }
+
+    fn vars(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Self::Single(r) => vec![("REDIS_URL", r.url())],
+            Self::Cluster(c) => vec![("REDIS_URL", c.url()), ("REDIS_CLUSTER", "true".into())],
+        }
+    }
+
+    fn servers(&self) -> Vec<&RedisServer> {
+        match self {
+            Self::Single(r) => vec![r],
+            Self::Cluster(c) => c.nodes.iter().collect(),
+        }
+    }
+
+    /// Every key matching `pattern`, with the server that holds it.
+    fn keys(&self, pattern: &str) -> Vec<(&RedisServer, String)> {
+        let mut all = Vec::new();
+        for server in self.servers() {
+            let mut conn = server.connection();
+            let keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query(&mut conn).unwrap();
+            all.extend(keys.into_iter().map(|k| (server, k)));
+        }
+        all
+    }
+}
 
 struct Instance {
     base: String,
@@ -16,9 +57,10 @@ struct Instance {
 
 impl Instance {
     /// A proxy in front of `upstream` sharing `redis`; returns once it reports Redis ok.
-    async fn start(upstream: &MockServer, redis: &RedisServer, extra: &[(&str, &str)]) -> Self {
-        let url = redis.url();
-        let mut vars = vec![("REDIS_URL", url.as_str()), ("REDIS_TIMEOUT", "2s")];
+    async fn start(upstream: &MockServer, redis: &Backend, extra: &[(&str, &str)]) -> Self {
+        let shared = redis.vars();
+        let mut vars: Vec<(&str, &str)> = shared.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        vars.push(("REDIS_TIMEOUT", "2s"));
         vars.extend_from_slice(extra);
         let me = Self {
             base: spawn_proxy(&upstream.uri(), &vars),
@@ -89,7 +131,15 @@ async fn calls(upstream: &MockServer) -> usize {
 
 #[tokio::test]
 async fn a_miss_on_one_instance_is_a_hit_on_another_and_a_clear_reaches_both() {
-    let redis = RedisServer::start().await;
+    share_and_clear(Backend::single().await).await;
+}
+
+#[tokio::test]
+async fn with_a_cluster_a_miss_on_one_instance_is_a_hit_on_another_and_a_clear_reaches_both() {
+    share_and_clear(Backend::cluster().await).await;
+}
+
+async fn share_and_clear(redis: Backend) {
     let upstream = upstream().await;
     let a = Instance::start(&upstream, &redis, &[]).await;
     let b = Instance::start(&upstream, &redis, &[]).await;
@@ -111,6 +161,12 @@ async fn a_miss_on_one_instance_is_a_hit_on_another_and_a_clear_reaches_both() {
     assert_eq!(b.post(CHAT_BODY).await.1, "HIT");
     assert_eq!(b.stats().await["redis"]["l2_hits"], 1);
 
+    // More entries, so that on a Cluster they spread over its primaries.
+    for n in 0..20 {
+        assert_eq!(a.post(&format!(r#"{{"n":{n}}}"#)).await.1, "MISS");
+    }
+    assert_eq!(redis.keys("ocp:v1:*").len(), 21);
+
     // A clear on A empties Redis and, through pub/sub, B's L1: the next request anywhere misses.
     let res = a
         .http
@@ -120,18 +176,27 @@ async fn a_miss_on_one_instance_is_a_hit_on_another_and_a_clear_reaches_both() {
         .unwrap();
     assert_eq!(res.status(), 200);
     let body: serde_json::Value = res.json().await.unwrap();
-    assert_eq!(body["shared_cleared"], 1, "{body}");
+    assert_eq!(body["shared_cleared"], 21, "{body}");
+    assert_eq!(redis.keys("ocp:v1:*").len(), 0);
     eventually(Duration::from_secs(10), "B's L1 to be dropped", || async {
         (b.stats().await["cache"]["item_count"] == 0).then_some(())
     })
     .await;
     assert_eq!(b.post(CHAT_BODY).await.1, "MISS");
-    assert_eq!(calls(&upstream).await, 2);
+    assert_eq!(calls(&upstream).await, 22);
 }
 
 #[tokio::test]
 async fn one_rate_limit_holds_across_instances() {
-    let redis = RedisServer::start().await;
+    one_rate_limit(Backend::single().await).await;
+}
+
+#[tokio::test]
+async fn with_a_cluster_one_rate_limit_holds_across_instances() {
+    one_rate_limit(Backend::cluster().await).await;
+}
+
+async fn one_rate_limit(redis: Backend) {
     let upstream = upstream().await;
     let shared = [("RATE_LIMIT", "5"), ("RATE_LIMIT_BACKEND", "redis")];
     let a = Instance::start(&upstream, &redis, &shared).await;
@@ -155,13 +220,16 @@ async fn one_rate_limit_holds_across_instances() {
 
 #[tokio::test]
 async fn without_redis_both_instances_keep_answering_and_use_it_again_when_it_returns() {
-    let mut redis = RedisServer::start().await;
+    let mut redis = Backend::single().await;
     let upstream = upstream().await;
     let a = Instance::start(&upstream, &redis, &[]).await;
     let b = Instance::start(&upstream, &redis, &[]).await;
     assert_eq!(a.post(r#"{"n":1}"#).await.1, "MISS");
 
-    redis.stop();
+    let Backend::Single(server) = &mut redis else {
+        unreachable!("a single server")
+    };
+    server.stop();
     // Hits from L1, misses from the upstream, never a 5xx.
     for _ in 0..3 {
         assert_eq!(
@@ -180,7 +248,7 @@ async fn without_redis_both_instances_keep_answering_and_use_it_again_when_it_re
     b.until_redis("degraded").await;
     assert!(b.stats().await["redis"]["errors"].as_u64().unwrap() >= 1);
 
-    redis.restart().await;
+    server.restart().await;
     // Without restarting the proxies: a new answer stored by A is found by B in Redis.
     eventually(
         Duration::from_secs(30),
@@ -207,28 +275,34 @@ fn rand_n() -> u128 {
 
 #[tokio::test]
 async fn a_corrupt_value_in_redis_is_a_miss_not_a_crash() {
-    let redis = RedisServer::start().await;
+    corrupt_values(Backend::single().await).await;
+}
+
+#[tokio::test]
+async fn with_a_cluster_a_corrupt_value_in_redis_is_a_miss_not_a_crash() {
+    corrupt_values(Backend::cluster().await).await;
+}
+
+async fn corrupt_values(redis: Backend) {
     let upstream = upstream().await;
     let a = Instance::start(&upstream, &redis, &[]).await;
     let b = Instance::start(&upstream, &redis, &[]).await;
     assert_eq!(a.post(CHAT_BODY).await.1, "MISS");
 
-    let mut conn = redis.connection();
-    let keys: Vec<String> = redis::cmd("KEYS").arg("ocp:v1:*").query(&mut conn).unwrap();
-    assert_eq!(keys.len(), 1, "{keys:?}");
-    assert_eq!(
-        keys[0].len(),
-        "ocp:v1:".len() + 64,
-        "prefix + SHA-256 in hex"
-    );
-    let ttl: i64 = redis::cmd("PTTL").arg(&keys[0]).query(&mut conn).unwrap();
+    let keys = redis.keys("ocp:v1:*");
+    assert_eq!(keys.len(), 1);
+    let (server, key) = &keys[0];
+    assert_eq!(key.len(), "ocp:v1:".len() + 64, "prefix + SHA-256 in hex");
+    // The key's own server: on a Cluster, the primary that owns its slot.
+    let mut conn = server.connection();
+    let ttl: i64 = redis::cmd("PTTL").arg(key).query(&mut conn).unwrap();
     assert!(
         ttl > 0 && ttl <= 300_000,
         "stored with the entry's TTL (PX): {ttl}"
     );
     for garbage in [&b"OCP1\x00\xc8truncated"[..], b"{\"not\":\"ours\"}"] {
         let _: () = redis::cmd("SET")
-            .arg(&keys[0])
+            .arg(key)
             .arg(garbage)
             .query(&mut conn)
             .unwrap();
