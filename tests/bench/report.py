@@ -4,7 +4,7 @@ Usage: report.py WORK_DIR SECONDS ROUNDS MISS_CACHE_MB
 Reads WORK_DIR/results (`scenario target round req/s p50_ms requests` per wrk run),
 WORK_DIR/upstream (`scenario target round upstream_requests wrk_requests` per cache run),
 WORK_DIR/stream (`target ttfb_ms head_ms`), WORK_DIR/miss-rss (`idle|during|round|after kB`),
-WORK_DIR/startup (`ms kB` per start) and, if present, WORK_DIR/miss-stats.json (the MISS proxy's
+WORK_DIR/startup (`ms kB` per start), WORK_DIR/l2 (`requests l2_hits` of HIT-L2) and, if present, WORK_DIR/miss-stats.json (the MISS proxy's
 GET /stats). Medians are over rounds; spread is (max - min) / median.
 """
 
@@ -19,6 +19,7 @@ SCENARIOS = (
     ("FORWARD", "64 conns, Cache-Control: no-cache", ("DIRECT", "NGINX", "PROXY")),
     ("FORWARD-1c", "1 conn, Cache-Control: no-cache", ("DIRECT", "NGINX", "PROXY")),
     ("MISS-unique", "64 conns, every body new", ("NGINX", "PROXY-MISS")),
+    ("HIT-L2", "64 conns, 1.4 KB answers from Redis, L1 too small to keep them", ("PROXY-L2",)),
 )
 
 
@@ -98,6 +99,11 @@ def main():
         print("\nWARNING: not every request reached the upstream (coalesced or served from cache),"
               " so these figures are not of forwarding alone: " + "; ".join(short))
 
+    def ratio(scenario, a, b):
+        """Median req/s of a in scenario over b's (b None: over the proxy's L1 HIT)."""
+        base = med["HIT", "PROXY"] if b is None else med[scenario, b]
+        return med[scenario, a][0] / base[0]
+
     added_ttfb = stream["PROXY"][0] - stream["DIRECT"][0]
     added_ttfb_p90 = stream["PROXY"][1] - stream["DIRECT"][1]
     peak = mb(max(rss["during"] + rss["round"] + rss["after"]))
@@ -109,11 +115,12 @@ def main():
           f" {', '.join(f'{mb(kb):.1f}' for kb in rss['round'])}, 1 s after the last"
           f" {mb(rss['after'][0]):.1f}; {miss_stored} unique answers reached the upstream"
           f"{miss_cache_note(work)}")
+    l2_requests, l2_hits = map(int, open(f"{work}/l2").read().split())
+    print(f"HIT-L2: {l2_hits} of {l2_requests} requests were L2 hits (Redis), the upstream"
+          f" untouched; L2 hit / L1 hit throughput {ratio('HIT-L2', 'PROXY-L2', None):.2f}")
     print(f"Start-up to first 200 from GET /health, ms: {', '.join(f'{ms:.1f}' for ms, _ in starts)};"
           f" VmRSS 0.3 s later, MB: {', '.join(f'{mb(kb):.1f}' for _, kb in starts)}")
 
-    def ratio(scenario, a, b):
-        return med[scenario, a][0] / med[scenario, b][0]
 
     def fig(name, value, fmt, op, target):
         ok = value >= target if op == ">=" else value <= target

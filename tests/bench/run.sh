@@ -39,6 +39,8 @@ find_nginx() { command -v nginx || { [[ -x /usr/sbin/nginx ]] && echo /usr/sbin/
 missing=()
 command -v wrk >/dev/null || missing+=(wrk)
 find_nginx >/dev/null || missing+=(nginx)
+find_redis() { command -v redis-server || { [[ -x /usr/bin/redis-server ]] && echo /usr/bin/redis-server; }; }
+find_redis >/dev/null || missing+=(redis-server)
 if ((${#missing[@]} > 0)); then
     [[ "$(id -u)" -eq 0 ]] ||
         die "not installed: ${missing[*]}; we are not root, so run: sudo apt-get install ${missing[*]}"
@@ -58,6 +60,7 @@ if ((${#missing[@]} > 0)); then
     ((rc == 0)) || die "apt-get install ${missing[*]} failed (exit $rc)"
 fi
 NGINX_BIN="$(find_nginx)" || die "nginx not found after installing it"
+REDIS_BIN="$(find_redis)" || die "redis-server not found after installing it"
 
 cpu="$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
 nginx_version="$("$NGINX_BIN" -v 2>&1 | sed 's/^nginx version: //')"
@@ -73,9 +76,9 @@ awk -v l="${load%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }' &&
 cargo build --release --bin openai-cache-proxy --example bench-upstream
 
 # Four distinct free ports: bind all before closing any.
-read -r UPSTREAM_PORT PROXY_PORT MISS_PORT NGINX_PORT < <(python3 -c '
+read -r UPSTREAM_PORT PROXY_PORT MISS_PORT NGINX_PORT REDIS_PORT L2W_PORT L2_PORT < <(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(4)]
+socks = [socket.socket() for _ in range(7)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))')
@@ -295,6 +298,7 @@ url_of() {
         NGINX) echo "$NGINX" ;;
         PROXY) echo "$PROXY" ;;
         PROXY-MISS) echo "$MISS_PROXY" ;;
+        PROXY-L2) echo "$L2_PROXY" ;;
     esac
 }
 
@@ -370,6 +374,53 @@ echo "after $(rss_kb "$MISS_PID")" >>"$WORK/miss-rss"
 # What the cache thinks it holds, to set against the RSS (best effort: report.py copes without).
 "${CURL[@]}" --fail --output "$WORK/miss-stats.json" "$MISS_PROXY/stats" || rm -f "$WORK/miss-stats.json"
 stop "$MISS_PID"
+
+# HIT-L2: answers from Redis (L2). A writer proxy stores BENCH_L2_KEYS answers in Redis; the
+# measured proxy shares that Redis with an L1 of MAX_CACHE_SIZE=1 (~500 such entries), and
+# cycle.lua steps through the keys in order, so its L1 never has the next one: every request
+# is an L1 miss answered from Redis (checked below with its /stats), the upstream untouched.
+export BENCH_L2_KEYS="${BENCH_L2_KEYS:-20000}"
+"$REDIS_BIN" --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no >"$WORK/redis.log" 2>&1 &
+PIDS+=("$!")
+REDIS_PID="$!"
+L2_ENV=(REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0" REDIS_TIMEOUT=1s)
+start_proxy "$L2W_PORT" proxy-l2-writer "${L2_ENV[@]}" MAX_CACHE_SIZE=64
+L2W_PID="$STARTED_PID"
+start_proxy "$L2_PORT" proxy-l2 "${L2_ENV[@]}" MAX_CACHE_SIZE=1
+L2_PID="$STARTED_PID"
+L2W_PROXY="http://127.0.0.1:$L2W_PORT"
+L2_PROXY="http://127.0.0.1:$L2_PORT"
+redis_ok() { # url: until its /health reports redis ok
+    local deadline=$((SECONDS + READY_DEADLINE))
+    until "${CURL[@]}" "$1/health" 2>/dev/null | grep -q '"redis":"ok"'; do
+        kill -0 "$REDIS_PID" 2>/dev/null || { cat "$WORK/redis.log" >&2; die "redis-server exited"; }
+        ((SECONDS < deadline)) || die "$1 never reported redis ok"
+        sleep 0.1
+    done
+}
+wait_ready "proxy (L2 writer)" "$L2W_PID" "$L2W_PROXY/health"
+wait_ready "proxy (L2)" "$L2_PID" "$L2_PROXY/health"
+redis_ok "$L2W_PROXY"
+redis_ok "$L2_PROXY"
+say "HIT-L2: storing $BENCH_L2_KEYS answers in Redis through the writer proxy"
+timeout 120 wrk -t2 -c64 -d"$((BENCH_L2_KEYS / 4000 + 2))s" -s "$B/cycle.lua" "$L2W_PROXY" >"$WORK/l2-warm.txt" 2>&1 ||
+    { cat "$WORK/l2-warm.txt" >&2; die "warming Redis failed"; }
+stored="$("${CURL[@]}" "$L2W_PROXY/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["cache"]["stores"])')"
+[[ "$stored" -ge "$BENCH_L2_KEYS" ]] || die "HIT-L2: the writer stored only $stored of $BENCH_L2_KEYS answers"
+l2_hits() { "${CURL[@]}" "$L2_PROXY/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["redis"]["l2_hits"])'; }
+l2_before="$(l2_hits)"
+measure HIT-L2 64 "$B/cycle.lua" none PROXY-L2
+l2_after="$(l2_hits)"
+l2_requests="$(awk '$1 == "HIT-L2" {n += $6} END {print n + 0}' "$WORK/results")"
+echo "$l2_requests $((l2_after - l2_before))" >"$WORK/l2"
+say "HIT-L2: $((l2_after - l2_before)) L2 hits for $l2_requests requests"
+# Every counted request must have been an L2 hit (a few more lookups than completed requests
+# are in flight when wrk stops).
+[[ $((l2_after - l2_before)) -ge $((l2_requests * 95 / 100)) ]] ||
+    die "HIT-L2: only $((l2_after - l2_before)) L2 hits for $l2_requests requests: the L1 kept answering"
+stop "$L2_PID"
+stop "$L2W_PID"
+stop "$REDIS_PID"
 
 # STREAM: time to first SSE byte, DIRECT and PROXY alternating; every body is unique.
 check_stream
