@@ -251,14 +251,14 @@ impl Reader {
                     }
                     Some(_) => {
                         self.done = true;
-                        return Some(Err(broken()));
+                        return Some(Err(broken_off()));
                     }
                     None => {}
                 }
             }
             if self.changed.changed().await.is_err() {
                 self.done = true;
-                return Some(Err(broken()));
+                return Some(Err(broken_off()));
             }
         }
     }
@@ -284,7 +284,8 @@ impl Drop for Reader {
     }
 }
 
-fn broken() -> std::io::Error {
+/// The error that ends a response whose upstream body broke off.
+pub fn broken_off() -> std::io::Error {
     std::io::Error::new(
         std::io::ErrorKind::UnexpectedEof,
         "the upstream response broke off",

@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use crate::savings::TokenUsage;
 
-pub use flight::{End, Flight, Flights, Head, Reader, Role};
+pub use flight::{End, Flight, Flights, Head, Reader, Role, broken_off};
 pub use key::{CacheKey, KEY_HEADERS, KeyHasher};
 pub use policy::{Directives, NoCacheReason, request_policy, response_policy};
 pub use store::CacheStore;

@@ -1,10 +1,11 @@
 //! Filling a flight from the upstream body, and storing the response once it is complete.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::web;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
 use crate::cache::{CacheKey, CachedResponse, End, Flight, Head};
@@ -106,6 +107,104 @@ pub async fn drive(
         }
     };
     state.flights.close(&key, &flight);
+    flight.finish(end);
+}
+
+/// A known-length body up to this size is read whole before the client is answered, and
+/// answered in one write with its head. Any answer that is not an event stream is useless to
+/// its client until complete, so this costs no latency that matters, and saves the flight's
+/// driver task and a write per miss; streams and larger bodies go through [`drive`].
+const WHOLE_BODY_BYTES: u64 = 256 * 1024;
+
+/// The body length, when `head` announces one small enough to read whole (and is not an
+/// event stream, which is relayed as it comes).
+pub fn whole_length(head: &Head) -> Option<u64> {
+    let len = head.content_length.filter(|&n| n <= WHOLE_BODY_BYTES)?;
+    let stream = head
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        });
+    (!stream).then_some(len)
+}
+
+/// Reads a body of `len` bytes whole, each chunk within `idle`. `Err` holds what arrived
+/// before it broke off (too short, silent, or failed).
+pub async fn read_whole(
+    res: &mut awc::ClientResponse,
+    len: u64,
+    idle: Duration,
+) -> Result<Bytes, Bytes> {
+    let mut first: Option<Bytes> = None;
+    let mut rest = BytesMut::new();
+    let mut received = 0u64;
+    while received < len {
+        let chunk = match tokio::time::timeout(idle, res.next()).await {
+            Ok(Some(Ok(chunk))) => chunk,
+            failed => {
+                match failed {
+                    Err(_) => tracing::warn!(idle = ?idle, "upstream body went silent"),
+                    Ok(Some(Err(e))) => tracing::warn!(error = %e, "upstream body broke off"),
+                    _ => tracing::warn!("upstream body shorter than its content-length"),
+                }
+                return Err(joined(first, rest));
+            }
+        };
+        received += chunk.len() as u64;
+        // One chunk (the usual case) is kept as it came, without a copy.
+        match &first {
+            None => first = Some(chunk),
+            Some(f) => {
+                if rest.is_empty() {
+                    rest.reserve(usize::try_from(len).unwrap_or(0));
+                    rest.extend_from_slice(f);
+                }
+                rest.extend_from_slice(&chunk);
+            }
+        }
+    }
+    // Let awc see the body's end, so the connection goes back to its pool.
+    let _ = tokio::time::timeout(idle, res.next()).await;
+    Ok(joined(first, rest))
+}
+
+fn joined(first: Option<Bytes>, rest: BytesMut) -> Bytes {
+    if rest.is_empty() {
+        first.unwrap_or_default()
+    } else {
+        rest.freeze()
+    }
+}
+
+/// Ends a flight whose body was read whole: stores it when it may be stored, then hands it
+/// (or the part that arrived before it broke off) to every follower.
+pub async fn settle(
+    flight: &Arc<Flight>,
+    key: CacheKey,
+    storable: bool,
+    head: &Arc<Head>,
+    body: &Result<Bytes, Bytes>,
+    state: &AppState,
+) {
+    flight.set_head(Arc::clone(head));
+    let (bytes, end) = match body {
+        Ok(body) => {
+            if storable && body.len() as u64 <= state.cache.max_entry_bytes() {
+                let usage = TokenUsage::of_response(body, false);
+                store(state, key, head, body.clone(), usage).await;
+            }
+            (body, End::Complete)
+        }
+        Err(partial) => (partial, End::Broken),
+    };
+    if !bytes.is_empty() {
+        flight.push(bytes.clone(), 0);
+    }
+    state.flights.close(&key, flight);
     flight.finish(end);
 }
 

@@ -13,7 +13,8 @@ use futures_util::StreamExt;
 
 use crate::cache::{
     CacheKey, CacheStatus, CachedResponse, End, Flight, Forward, Head, KeyHasher, NoCacheReason,
-    Reader, Role, cache_status_header, hit_cache_status, request_policy, response_policy,
+    Reader, Role, broken_off, cache_status_header, hit_cache_status, request_policy,
+    response_policy,
 };
 use crate::config::Config;
 use crate::errors::ProxyError;
@@ -131,7 +132,7 @@ async fn lead(
         flight: Some(flight.clone()),
     };
     let started = Instant::now();
-    let res = upstream
+    let mut res = upstream
         .send_body(body)
         .await
         .map_err(|e| failed(&e, state))?;
@@ -145,9 +146,32 @@ async fn lead(
         content_length: content_length(res.headers()),
     });
     let storable = response_policy(res.status(), res.headers());
-    flight.set_head(Arc::clone(&head));
     let mut out = respond(&head, CacheStatus::Miss, forward, storable, key);
     upstream_took(&mut out, took);
+    if let Some(len) = fill::whole_length(&head).filter(|_| has_body(head.status)) {
+        drop(reader);
+        let idle = state.config.upstream_idle_timeout;
+        let body = fill::read_whole(&mut res, len, idle).await;
+        drop(res);
+        fill::settle(&flight, key, storable.is_ok(), &head, &body, state).await;
+        unanswered.flight = None;
+        return Ok(match body {
+            Ok(body) => out.body(body),
+            // What arrived, then the break: the client sees the head and the body end short,
+            // as it would have seen it relayed. actix drops unsent bytes when a body fails, so
+            // the failure waits one turn (`yield_now`): the head and the part are written first.
+            Err(partial) => {
+                let broken = futures_util::stream::iter([Ok(partial)]).chain(
+                    futures_util::stream::once(async {
+                        tokio::task::yield_now().await;
+                        Err(broken_off())
+                    }),
+                );
+                out.body(SizedStream::new(len, Box::pin(broken)))
+            }
+        });
+    }
+    flight.set_head(Arc::clone(&head));
     actix_web::rt::spawn(fill::drive(
         flight,
         res,
