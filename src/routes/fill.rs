@@ -78,7 +78,8 @@ pub async fn drive(
             }
             None if head.content_length.is_some_and(|n| n != received) => break End::Broken,
             // awc also ends a chunked body cut off by EOF this way, so completeness is checked
-            // from the content: `[DONE]` for streams, well-formed JSON for JSON.
+            // from the content: `[DONE]` for streams, well-formed JSON for JSON. Any other
+            // body without a length cannot be checked, so it is never stored.
             None => {
                 let body = if storable {
                     flight.recorded_body(None, limit)
@@ -95,7 +96,7 @@ pub async fn drive(
                     } else if is_json {
                         TokenUsage::of_json(&b).ok()?
                     } else {
-                        None
+                        return None;
                     };
                     Some((b, usage))
                 });
