@@ -30,7 +30,7 @@ pub struct TestApp {
 }
 
 /// Starts the proxy against a new `MockServer`. `overrides` are environment-style pairs
-/// layered over the test defaults (rate limiting off, upstream = the mock).
+/// layered over the test defaults (rate limiting off, two workers, upstream = the mock).
 pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
     let upstream = MockServer::start().await;
     let uri = upstream.uri();
@@ -49,6 +49,8 @@ pub fn spawn_proxy(upstream_url: &str, overrides: &[(&str, &str)]) -> String {
         ("HOST", "127.0.0.1"),
         ("PORT", "0"),
         ("RATE_LIMIT", "0"),
+        // Two workers whatever the machine: state shared by workers is tested as such.
+        ("WORKERS", "2"),
         ("OPENAI_API_URL", upstream_url),
     ];
     vars.retain(|(k, _)| !overrides.iter().any(|(o, _)| o == k));

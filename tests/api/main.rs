@@ -19,3 +19,4 @@ mod sse_upstream;
 mod streaming;
 mod tinyproxy;
 mod tls_upstream;
+mod workers;
