@@ -42,6 +42,22 @@ pub enum Script {
     ResetMidJson,
     /// The first event, then a reset at `cut()`.
     ResetMidStream,
+    /// All of `EVENTS` under this status instead of 200.
+    Status(u16),
+    /// `large_stream(n)`: n events, then `[DONE]`.
+    Large(usize),
+}
+
+/// The body of `Script::Large(n)`: the first of `EVENTS`, `n` numbered events, `[DONE]`.
+pub fn large_stream(n: usize) -> Vec<String> {
+    let numbered = (0..n).map(|i| {
+        format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"event {i:05}\"}}}}]}}\n\n")
+    });
+    [EVENTS[0].to_owned()]
+        .into_iter()
+        .chain(numbered)
+        .chain([EVENTS[2].to_owned()])
+        .collect()
 }
 
 /// Ends the connection with a TCP reset: SO_LINGER 0, then close.
@@ -171,7 +187,13 @@ async fn serve(mut sock: TcpStream, script: Script, signals: Signals) {
     }
     // `connection: close`: a pooled connection would carry the next request to a script
     // that serves one response per connection.
-    let start = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+    let status = match script {
+        Script::Status(code) => code,
+        _ => 200,
+    };
+    let start = format!(
+        "HTTP/1.1 {status} Whatever\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    );
     let first = format!("{start}{}", chunk(EVENTS[0]));
     if sock.write_all(first.as_bytes()).await.is_err() {
         return;
@@ -202,6 +224,13 @@ async fn serve(mut sock: TcpStream, script: Script, signals: Signals) {
         Script::ResetMidStream => {
             cut.notified().await;
             return reset(sock);
+        }
+        Script::Large(n) => {
+            let events = large_stream(n);
+            let body: String = events[1..].iter().map(|e| chunk(e)).collect();
+            let _ = sock.write_all(format!("{body}0\r\n\r\n").as_bytes()).await;
+            let _ = sock.read(&mut buf).await;
+            return;
         }
         Script::CutMidChunk => {
             // Drop with unread request bytes pending would reset; close the write side abruptly
