@@ -5,9 +5,7 @@ use wiremock::{Mock, ResponseTemplate};
 
 use std::time::Duration;
 
-use futures_util::future::join_all;
-
-use crate::helpers::{CHAT_ANSWER, TestApp, client, eventually, spawn_app, spawn_proxy, x_cache};
+use crate::helpers::{TestApp, client, eventually, spawn_app, spawn_proxy, x_cache};
 use crate::sse_upstream::{EVENTS, Script, SseUpstream, read_all};
 
 /// A chat answer reporting its model and token usage.
@@ -27,7 +25,7 @@ async fn metrics_text(app: &TestApp, token: Option<&str>) -> reqwest::Response {
 }
 
 /// The OpenMetrics text of the proxy at `address` (no admin token).
-async fn scrape(address: &str) -> String {
+pub async fn scrape(address: &str) -> String {
     let res = client()
         .get(format!("{address}/metrics"))
         .send()
@@ -38,7 +36,7 @@ async fn scrape(address: &str) -> String {
 }
 
 /// The value of the sample line that starts with `series` (name and labels), if any.
-fn sample(text: &str, series: &str) -> Option<f64> {
+pub fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .map(|v| v.parse().expect("a number"))
@@ -230,10 +228,7 @@ async fn evictions_are_counted_on_metrics_as_in_stats() {
 #[tokio::test]
 async fn rate_limited_requests_are_counted_on_metrics_as_in_stats() {
     let app = spawn_app(&[("RATE_LIMIT", "1")]).await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_body_raw(CHAT_ANSWER, "application/json"))
-        .mount(&app.upstream)
-        .await;
+    app.answer_posts().await;
     for _ in 0..3 {
         send(&app, "/v1/embeddings", "{}").await;
     }
@@ -247,27 +242,6 @@ async fn rate_limited_requests_are_counted_on_metrics_as_in_stats() {
     let refused = r#"proxy_requests_total{cache="none",status_class="4xx"}"#;
     assert_eq!(sample(&text, refused), Some(2.0), "{text}");
     assert_eq!(app.stats(None).await["rate_limited_total"], 2);
-}
-
-#[tokio::test]
-async fn coalesced_requests_are_counted_under_their_own_label() {
-    let app = spawn_app(&[]).await;
-    Mock::given(method("POST"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_raw(CHAT_ANSWER, "application/json")
-                .set_delay(Duration::from_millis(500)),
-        )
-        .expect(1)
-        .mount(&app.upstream)
-        .await;
-    let answers = join_all((0..10).map(|_| send(&app, "/v1/chat/completions", "{}"))).await;
-    let coalesced = answers.iter().filter(|c| *c == "COALESCED").count();
-    assert!(coalesced >= 1, "{answers:?}");
-    let text = metrics_text(&app, None).await.text().await.unwrap();
-    let series = r#"proxy_requests_total{cache="coalesced",status_class="2xx"}"#;
-    assert_eq!(sample(&text, series), Some(coalesced as f64), "{text}");
-    assert_eq!(app.stats(None).await["cache"]["coalesced"], coalesced);
 }
 
 #[tokio::test]

@@ -2,30 +2,18 @@
 //! here comes on a new TCP connection, and actix hands new connections to its workers in
 //! turn (`spawn_proxy` runs two), so per-worker state would show.
 
-use wiremock::matchers::method;
-use wiremock::{Mock, ResponseTemplate};
-
 use crate::helpers::{CHAT_ANSWER, CHAT_BODY, TestApp, client, spawn_app, x_cache};
 
 /// A POST on a connection of its own (a new client has an empty pool).
 async fn on_new_connection(app: &TestApp) -> reqwest::Response {
-    client()
-        .post(app.url("/v1/chat/completions"))
-        .bearer_auth("sk-a")
-        .header("content-type", "application/json")
-        .body(CHAT_BODY)
-        .send()
+    app.post_json_via(&client(), "/v1/chat/completions", "sk-a", CHAT_BODY)
         .await
-        .expect("request reaches the proxy")
 }
 
 #[tokio::test]
 async fn a_response_stored_by_one_connection_is_a_hit_on_every_other() {
     let app = spawn_app(&[]).await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_body_raw(CHAT_ANSWER, "application/json"))
-        .mount(&app.upstream)
-        .await;
+    app.answer_posts().await;
     let miss = on_new_connection(&app).await;
     assert_eq!(x_cache(&miss), "MISS");
     // Read to the end: the answer is stored before its last byte is sent.
@@ -41,10 +29,7 @@ async fn a_response_stored_by_one_connection_is_a_hit_on_every_other() {
 #[tokio::test]
 async fn the_rate_limit_is_one_bucket_per_client_across_connections_and_workers() {
     let app = spawn_app(&[("RATE_LIMIT", "2")]).await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_body_raw(CHAT_ANSWER, "application/json"))
-        .mount(&app.upstream)
-        .await;
+    app.answer_posts().await;
     let mut statuses = Vec::new();
     for _ in 0..6 {
         let res = on_new_connection(&app).await;
