@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::{HttpRequest, HttpResponse, ResponseError};
+use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
 /// Errors produced by the proxy (never the upstream's own errors, which pass through).
@@ -24,8 +24,9 @@ pub enum ProxyError {
     RequestTimeout(Duration),
     #[error("Missing or invalid admin token")]
     Unauthorized,
-    #[error("Unknown path {0}")]
-    NotFound(String),
+    /// Fixed text: the path is the client's input and may carry a secret.
+    #[error("Unknown path: this proxy serves /v1/* and its operations endpoints")]
+    NotFound,
     // Caused by the upstream.
     #[error("The upstream API could not be reached")]
     UpstreamUnavailable,
@@ -52,7 +53,7 @@ impl ProxyError {
             Self::RequestTimeout(_) => ("invalid_request_error", "request_timeout"),
             Self::RateLimited { .. } => ("rate_limit_exceeded", "rate_limit_exceeded"),
             Self::Unauthorized => ("authentication_error", "invalid_admin_token"),
-            Self::NotFound(_) => ("invalid_request_error", "not_found"),
+            Self::NotFound => ("invalid_request_error", "not_found"),
             Self::UpstreamUnavailable => ("upstream_error", "upstream_unavailable"),
             Self::UpstreamTimeout(_) => ("upstream_error", "upstream_timeout"),
             Self::OutboundProxyUnavailable => ("upstream_error", "outbound_proxy_unavailable"),
@@ -72,7 +73,7 @@ impl ResponseError for ProxyError {
             Self::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::NotFound => StatusCode::NOT_FOUND,
             Self::UpstreamUnavailable
             | Self::OutboundProxyUnavailable
             | Self::OutboundProxyRejected(_)
@@ -112,8 +113,8 @@ impl ResponseError for ProxyError {
 }
 
 /// Default service: unknown paths get the same JSON error shape as everything else.
-pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ProxyError> {
-    Err(ProxyError::NotFound(req.path().chars().take(200).collect()))
+pub async fn not_found() -> Result<HttpResponse, ProxyError> {
+    Err(ProxyError::NotFound)
 }
 
 #[cfg(test)]

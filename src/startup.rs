@@ -102,7 +102,8 @@ impl Application {
             proxy = state.config.proxy_url.as_ref().map(|p| p.redacted()),
             "openai-cache-proxy listening"
         );
-        let server = HttpServer::new(move || {
+        let workers = state.config.workers;
+        let mut server = HttpServer::new(move || {
             let client = build_client(
                 &state.config,
                 tls.clone(),
@@ -125,12 +126,16 @@ impl Application {
             {
                 tracing::debug!(error = %e, "could not set TCP_NODELAY");
             }
-        })
-        .listen(listener)?
-        .shutdown_timeout(shutdown)
-        // actix treats SIGINT as a forced stop; we drain on both (see run_until_stopped).
-        .disable_signals()
-        .run();
+        });
+        if let Some(n) = workers {
+            server = server.workers(n.get());
+        }
+        let server = server
+            .listen(listener)?
+            .shutdown_timeout(shutdown)
+            // actix treats SIGINT as a forced stop; we drain on both (see run_until_stopped).
+            .disable_signals()
+            .run();
         Ok(Self { port, server })
     }
 

@@ -10,6 +10,7 @@ use shared::RedisVars;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -44,6 +45,8 @@ pub struct Config {
     pub upstream_idle_timeout: Duration,
     pub connect_timeout: Duration,
     pub shutdown_timeout: Duration,
+    /// Worker threads serving requests; `None`: one per available CPU (actix's default).
+    pub workers: Option<NonZeroUsize>,
     /// Cache capacity in bytes (MAX_CACHE_SIZE is given in MB).
     pub max_cache_size_bytes: u64,
     /// Largest single response that is stored; never more than the cache capacity.
@@ -95,6 +98,7 @@ struct RawConfig {
     upstream_idle_timeout: Option<String>,
     connect_timeout: Option<String>,
     shutdown_timeout: Option<String>,
+    workers: Option<String>,
     max_cache_size: Option<String>,
     max_entry_size_bytes: Option<String>,
     max_body_size_bytes: Option<String>,
@@ -133,6 +137,7 @@ pub const VARIABLES: &[&str] = &[
     "TRUSTED_PROXIES",
     "LOG_FORMAT",
     "SHUTDOWN_TIMEOUT",
+    "WORKERS",
     "PRICE_TABLE",
     "REDIS_URL",
     "REDIS_CLUSTER",
@@ -268,6 +273,14 @@ impl RawConfig {
                 self.shutdown_timeout,
                 Duration::from_secs(30),
             )?,
+            workers: self
+                .workers
+                .map(|s| {
+                    s.trim()
+                        .parse()
+                        .map_err(|_| err("WORKERS", "must be a whole number of threads, at least 1", &s))
+                })
+                .transpose()?,
             max_cache_size_bytes,
             max_entry_size_bytes,
             max_body_size_bytes: parse_positive(
@@ -444,6 +457,11 @@ mod tests {
         assert_eq!(c.max_body_size_bytes, 10_485_760);
         assert!(c.admin_token.is_none() && c.proxy_url.is_none());
         assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.workers, None, "actix's default: one per CPU");
+        assert_eq!(
+            parse(&[("WORKERS", "3")]).unwrap().workers,
+            NonZeroUsize::new(3)
+        );
     }
 
     #[test]
@@ -455,6 +473,8 @@ mod tests {
     #[test]
     fn bad_values_name_the_variable_and_the_value() {
         for (var, value) in [
+            ("WORKERS", "0"),
+            ("WORKERS", "many"),
             ("RATE_LIMIT", "abc"),
             ("CACHE_TTL", "forever"),
             ("OPENAI_API_URL", "not-a-url"),

@@ -7,6 +7,7 @@ use wiremock::matchers::method;
 use wiremock::{Mock, ResponseTemplate};
 
 use crate::helpers::{CHAT_ANSWER, CHAT_BODY, client, eventually, spawn_app, spawn_proxy, x_cache};
+use crate::metrics::{sample, scrape};
 use crate::sse_upstream::{EVENTS, Script, SseUpstream};
 
 #[tokio::test]
@@ -37,9 +38,14 @@ async fn fifty_concurrent_identical_requests_make_one_upstream_call() {
         49,
         "{seen:?}"
     );
+    assert!(coalesced >= 1, "{seen:?}");
     let stats = app.stats(None).await;
     assert_eq!(stats["cache"]["coalesced"], coalesced);
     assert_eq!(stats["cache"]["in_flight"], 0);
+    // /metrics counts them under their own label.
+    let text = scrape(&app.address).await;
+    let series = r#"proxy_requests_total{cache="coalesced",status_class="2xx"}"#;
+    assert_eq!(sample(&text, series), Some(coalesced as f64), "{text}");
 }
 
 #[tokio::test]

@@ -88,6 +88,22 @@ async fn unknown_paths_get_a_json_404() {
 }
 
 #[tokio::test]
+async fn a_404_echoes_neither_the_path_nor_the_query_string() {
+    let app = spawn_app(&[]).await;
+    let res = app
+        .client
+        .get(app.url("/sk-in-path/x?api_key=secret-in-query"))
+        .send()
+        .await
+        .unwrap();
+    let text = assert_openai_error(res, 404, "not_found").await.to_string();
+    assert!(
+        !text.contains("sk-in-path") && !text.contains("secret-in-query"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn dot_segments_cannot_climb_out_of_v1() {
     let app = spawn_app(&[]).await;
     // Sent raw: HTTP client libraries normalise these paths before sending.

@@ -4,7 +4,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use openai_cache_proxy::{Application, Config, config::LogFormat, telemetry};
-use wiremock::MockServer;
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
 
 /// Logs go nowhere, to stdout with TEST_LOG set, or with OCP_TEST_LOG_DIR set to a file of
 /// this test process's own there (`make test` scans those files for secrets).
@@ -30,7 +31,7 @@ pub struct TestApp {
 }
 
 /// Starts the proxy against a new `MockServer`. `overrides` are environment-style pairs
-/// layered over the test defaults (rate limiting off, upstream = the mock).
+/// layered over the test defaults (rate limiting off, two workers, upstream = the mock).
 pub async fn spawn_app(overrides: &[(&str, &str)]) -> TestApp {
     let upstream = MockServer::start().await;
     let uri = upstream.uri();
@@ -49,6 +50,8 @@ pub fn spawn_proxy(upstream_url: &str, overrides: &[(&str, &str)]) -> String {
         ("HOST", "127.0.0.1"),
         ("PORT", "0"),
         ("RATE_LIMIT", "0"),
+        // Two workers whatever the machine: state shared by workers is tested as such.
+        ("WORKERS", "2"),
         ("OPENAI_API_URL", upstream_url),
     ];
     vars.retain(|(k, _)| !overrides.iter().any(|(o, _)| o == k));
@@ -75,7 +78,18 @@ impl TestApp {
 
     /// POSTs a JSON body to the proxy with the given API key.
     pub async fn post_json(&self, path: &str, key: &str, body: &str) -> reqwest::Response {
-        self.client
+        self.post_json_via(&self.client, path, key, body).await
+    }
+
+    /// Like `post_json`, through `client` (a new client: a new connection).
+    pub async fn post_json_via(
+        &self,
+        client: &reqwest::Client,
+        path: &str,
+        key: &str,
+        body: &str,
+    ) -> reqwest::Response {
+        client
             .post(self.url(path))
             .bearer_auth(key)
             .header("content-type", "application/json")
@@ -83,6 +97,14 @@ impl TestApp {
             .send()
             .await
             .expect("request reaches the proxy")
+    }
+
+    /// Answers every POST upstream with `CHAT_ANSWER`.
+    pub async fn answer_posts(&self) {
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(200).set_body_raw(CHAT_ANSWER, "application/json"))
+            .mount(&self.upstream)
+            .await;
     }
 
     pub async fn upstream_calls(&self) -> usize {

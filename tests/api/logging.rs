@@ -1,16 +1,48 @@
 //! Logs: one structured line per request, and never a secret, even at trace level.
 
+use std::future::Future;
+
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::config::start_binary;
-use crate::helpers::{CHAT_ANSWER, CHAT_BODY, client};
+use crate::helpers::{CHAT_ANSWER, CHAT_BODY, client, closed_port};
 use crate::tinyproxy::{PROXY_PASSWORD, PROXY_USER, Tinyproxy};
 
 const API_KEY: &str = "sk-live-DO-NOT-LOG-4f9a8b7c";
 const ADMIN_TOKEN: &str = "admin-DO-NOT-LOG-1c2d3e";
+
+/// Runs the binary with `vars` and JSON logs, lets `drive` send requests to its base URL,
+/// stops it gracefully and returns all it logged. The stop matters: a request's line is
+/// written when its response body ends, which may be just after the client read the last byte.
+async fn logs_of<F, Fut>(vars: &[(&str, &str)], drive: F) -> String
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut all = vec![("LOG_FORMAT", "json")];
+    all.extend_from_slice(vars);
+    let (child, base) = start_binary(&all).await;
+    drive(base).await;
+    let pid = Pid::from_raw(child.id().unwrap() as i32);
+    kill(pid, Signal::SIGTERM).expect("SIGTERM delivered");
+    let out = child.wait_with_output().await.unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The access log lines (`"message":"request"`) of requests sent with this `X-Request-Id`.
+fn request_lines(logs: &str, request_id: &str) -> Vec<serde_json::Value> {
+    logs.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v["message"] == "request" && v["request_id"] == request_id)
+        .collect()
+}
 
 #[tokio::test]
 async fn no_secret_appears_in_logs_at_trace_level() {
@@ -22,55 +54,40 @@ async fn no_secret_appears_in_logs_at_trace_level() {
     // Upstream traffic really goes through an authenticating proxy.
     let tinyproxy = Tinyproxy::start(true).await;
     let proxy_url = tinyproxy.url(Some((PROXY_USER, PROXY_PASSWORD)));
-    let (child, base) = start_binary(&[
-        ("OPENAI_API_URL", &upstream.uri()),
-        ("ADMIN_TOKEN", ADMIN_TOKEN),
-        ("PROXY_URL", &proxy_url),
-        ("RUST_LOG", "trace"),
-        ("LOG_FORMAT", "json"),
-    ])
+    let vars = [
+        ("OPENAI_API_URL", upstream.uri()),
+        ("ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+        ("PROXY_URL", proxy_url),
+        ("RUST_LOG", "trace".to_owned()),
+    ];
+    let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let logs = logs_of(&vars, |base| async move {
+        let http = client();
+        for path in ["/v1/chat/completions", "/v1/chat/completions", "/v1/files"] {
+            let res = http
+                .post(format!("{base}{path}"))
+                .bearer_auth(API_KEY)
+                .header("openai-organization", "org-visible")
+                .header("x-request-id", "trace-me-1")
+                .body(CHAT_BODY)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200);
+            res.bytes().await.unwrap();
+        }
+        for token in [ADMIN_TOKEN, "wrong"] {
+            http.get(format!("{base}/stats"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+        }
+    })
     .await;
-    let http = client();
-
-    for path in ["/v1/chat/completions", "/v1/chat/completions", "/v1/files"] {
-        let res = http
-            .post(format!("{base}{path}"))
-            .bearer_auth(API_KEY)
-            .header("openai-organization", "org-visible")
-            .header("x-request-id", "trace-me-1")
-            .body(CHAT_BODY)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 200);
-        res.bytes().await.unwrap();
-    }
-    for token in [ADMIN_TOKEN, "wrong"] {
-        http.get(format!("{base}/stats"))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap();
-    }
-    // A graceful stop: a line is written when its response body ends, which may be just
-    // after the client has read the last byte.
-    let pid = Pid::from_raw(child.id().unwrap() as i32);
-    kill(pid, Signal::SIGTERM).expect("SIGTERM delivered");
-    let out = child.wait_with_output().await.unwrap();
-    let logs = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 
     // The capture works: our request lines are there, with their fields.
-    let lines: Vec<serde_json::Value> = logs
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .filter(|v: &serde_json::Value| {
-            v["message"] == "request" && v["request_id"] == "trace-me-1"
-        })
-        .collect();
+    let lines = request_lines(&logs, "trace-me-1");
     assert_eq!(lines.len(), 3, "one line per proxied request:\n{logs}");
     let caches: Vec<&str> = lines.iter().map(|l| l["cache"].as_str().unwrap()).collect();
     assert_eq!(caches, ["MISS", "HIT", "BYPASS"]);
@@ -98,4 +115,93 @@ async fn no_secret_appears_in_logs_at_trace_level() {
         "trace level produced little output: {}",
         logs.len()
     );
+}
+
+#[tokio::test]
+async fn the_access_log_names_the_client_ip_and_never_the_query_string() {
+    const SECRET: &str = "secret-in-query";
+    let upstream = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw("{}", "application/json"))
+        .mount(&upstream)
+        .await;
+    let uri = upstream.uri();
+    let vars = [
+        ("OPENAI_API_URL", uri.as_str()),
+        ("TRUSTED_PROXIES", "127.0.0.1"),
+        ("RUST_LOG", "trace"),
+    ];
+    let logs = logs_of(&vars, |base| async move {
+        let http = client();
+        for (path, xff) in [
+            ("/v1/models", None),
+            ("/v1/models", Some("203.0.113.7")),
+            ("/not-a-route", None),
+        ] {
+            let mut req = http
+                .get(format!("{base}{path}?api_key={SECRET}&x=1"))
+                .header("x-request-id", "query-1");
+            if let Some(xff) = xff {
+                req = req.header("x-forwarded-for", xff);
+            }
+            let res = req.send().await.unwrap();
+            assert!(!res.text().await.unwrap().contains(SECRET));
+        }
+    })
+    .await;
+    let lines = request_lines(&logs, "query-1");
+    assert_eq!(lines.len(), 3, "{logs}");
+    let seen: Vec<(&str, &str, u64)> = lines
+        .iter()
+        .map(|l| {
+            let field = |k: &str| l[k].as_str().unwrap_or("<missing>");
+            (
+                field("client_ip"),
+                field("path"),
+                l["status"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("127.0.0.1", "/v1/models", 200),
+            // From a trusted peer, the forwarded address is the client.
+            ("203.0.113.7", "/v1/models", 200),
+            ("127.0.0.1", "/not-a-route", 404),
+        ]
+    );
+    assert!(!logs.contains(SECRET), "the query string was logged");
+}
+
+#[tokio::test]
+async fn an_upstream_failure_is_logged_at_warn_with_its_cause() {
+    let unreachable = format!("http://127.0.0.1:{}", closed_port());
+    let vars = [
+        ("OPENAI_API_URL", unreachable.as_str()),
+        ("RUST_LOG", "info"),
+    ];
+    let logs = logs_of(&vars, |base| async move {
+        let res = client()
+            .post(format!("{base}/v1/chat/completions"))
+            .header("x-request-id", "refused-1")
+            .body(CHAT_BODY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 502);
+    })
+    .await;
+    let warned: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v["message"] == "upstream request failed")
+        .collect();
+    assert_eq!(warned.len(), 1, "{logs}");
+    assert_eq!(warned[0]["level"], "WARN", "{logs}");
+    let cause = warned[0]["error"].as_str().unwrap_or_default();
+    assert!(cause.contains("refused"), "the cause is named: {cause:?}");
+    let lines = request_lines(&logs, "refused-1");
+    assert_eq!(lines.len(), 1, "{logs}");
+    assert_eq!(lines[0]["status"], 502);
 }

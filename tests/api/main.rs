@@ -17,5 +17,7 @@ mod sdk;
 mod shared;
 mod sse_upstream;
 mod streaming;
+mod timeouts;
 mod tinyproxy;
 mod tls_upstream;
+mod workers;

@@ -3,7 +3,10 @@
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, ResponseTemplate};
 
-use crate::helpers::{TestApp, spawn_app, x_cache};
+use std::time::Duration;
+
+use crate::helpers::{TestApp, client, eventually, spawn_app, spawn_proxy, x_cache};
+use crate::sse_upstream::{EVENTS, Script, SseUpstream, read_all};
 
 /// A chat answer reporting its model and token usage.
 const PRICED_ANSWER: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","model":"gpt-4o-mini-2024-07-18","choices":[{"index":0,"message":{"role":"assistant","content":"hello"},"finish_reason":"stop"}],"usage":{"prompt_tokens":1200,"completion_tokens":800,"total_tokens":2000}}"#;
@@ -21,8 +24,19 @@ async fn metrics_text(app: &TestApp, token: Option<&str>) -> reqwest::Response {
     req.send().await.unwrap()
 }
 
+/// The OpenMetrics text of the proxy at `address` (no admin token).
+pub async fn scrape(address: &str) -> String {
+    let res = client()
+        .get(format!("{address}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.text().await.unwrap()
+}
+
 /// The value of the sample line that starts with `series` (name and labels), if any.
-fn sample(text: &str, series: &str) -> Option<f64> {
+pub fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .map(|v| v.parse().expect("a number"))
@@ -184,4 +198,78 @@ async fn metrics_need_the_admin_token_when_one_is_set() {
     let res = metrics_text(&app, Some("s3cret-admin")).await;
     assert_eq!(res.status(), 200);
     assert!(!res.text().await.unwrap().contains("s3cret-admin"));
+}
+
+#[tokio::test]
+async fn evictions_are_counted_on_metrics_as_in_stats() {
+    let app = spawn_app(&[("MAX_CACHE_SIZE", "1")]).await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_raw("e".repeat(100 * 1024), "application/json"),
+        )
+        .mount(&app.upstream)
+        .await;
+    // 20 distinct 100 KiB answers: twice the 1 MiB capacity.
+    for i in 0..20 {
+        assert_eq!(
+            send(&app, "/v1/embeddings", &format!(r#"{{"i":{i}}}"#)).await,
+            "MISS"
+        );
+    }
+    let text = metrics_text(&app, None).await.text().await.unwrap();
+    let evictions = sample(&text, "proxy_cache_evictions_total").expect("an evictions sample");
+    assert!(evictions >= 10.0, "{text}");
+    assert_eq!(
+        app.stats(None).await["cache"]["evictions"].as_f64(),
+        Some(evictions)
+    );
+}
+
+#[tokio::test]
+async fn rate_limited_requests_are_counted_on_metrics_as_in_stats() {
+    let app = spawn_app(&[("RATE_LIMIT", "1")]).await;
+    app.answer_posts().await;
+    for _ in 0..3 {
+        send(&app, "/v1/embeddings", "{}").await;
+    }
+    let text = metrics_text(&app, None).await.text().await.unwrap();
+    assert_eq!(
+        sample(&text, "proxy_rate_limited_requests_total"),
+        Some(2.0),
+        "{text}"
+    );
+    // Refused before any cache decision.
+    let refused = r#"proxy_requests_total{cache="none",status_class="4xx"}"#;
+    assert_eq!(sample(&text, refused), Some(2.0), "{text}");
+    assert_eq!(app.stats(None).await["rate_limited_total"], 2);
+}
+
+#[tokio::test]
+async fn open_upstream_connections_go_back_down_when_they_close() {
+    // The upstream answers with `connection: close` (so the proxy closes it after the body)
+    // and holds its stream until released.
+    let upstream = SseUpstream::start(|_| Script::HoldAfterFirst).await;
+    let address = spawn_proxy(&upstream.url, &[]);
+    let open = |text: &str| sample(text, "proxy_upstream_open_connections");
+    assert_eq!(open(&scrape(&address).await), Some(0.0));
+    let mut res = client()
+        .post(format!("{address}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(r#"{"stream":true}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.chunk().await.unwrap().unwrap(), EVENTS[0]);
+    assert_eq!(open(&scrape(&address).await), Some(1.0), "one held stream");
+    upstream.release();
+    assert_eq!(
+        read_all(res).await.unwrap(),
+        EVENTS[1..].concat().as_bytes()
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the gauge to fall to 0",
+        || async { (open(&scrape(&address).await) == Some(0.0)).then_some(()) },
+    )
+    .await;
 }

@@ -36,6 +36,34 @@ pub enum Script {
     ShortBody,
     /// A reply that is not HTTP at all.
     Garbage,
+    /// Reads the request, then resets the connection (RST, not FIN) without answering.
+    ResetBeforeHead,
+    /// A JSON response announcing 100 bytes, sending 11, then a reset at `cut()`.
+    ResetMidJson,
+    /// The first event, then a reset at `cut()`.
+    ResetMidStream,
+    /// All of `EVENTS` under this status instead of 200.
+    Status(u16),
+    /// `large_stream(n)`: n events, then `[DONE]`.
+    Large(usize),
+}
+
+/// The body of `Script::Large(n)`: the first of `EVENTS`, `n` numbered events, `[DONE]`.
+pub fn large_stream(n: usize) -> Vec<String> {
+    let numbered = (0..n).map(|i| {
+        format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"event {i:05}\"}}}}]}}\n\n")
+    });
+    [EVENTS[0].to_owned()]
+        .into_iter()
+        .chain(numbered)
+        .chain([EVENTS[2].to_owned()])
+        .collect()
+}
+
+/// Ends the connection with a TCP reset: SO_LINGER 0, then close.
+fn reset(sock: TcpStream) {
+    sock.set_zero_linger().expect("SO_LINGER 0 is settable");
+    drop(sock);
 }
 
 pub struct SseUpstream {
@@ -45,28 +73,49 @@ pub struct SseUpstream {
     release: Arc<Notify>,
     /// Notified when a held connection saw the client leave.
     pub closed_early: Arc<Notify>,
+    cut: Arc<Notify>,
+}
+
+/// What the test and the connections signal each other.
+#[derive(Clone)]
+struct Signals {
+    release: Arc<Notify>,
+    closed: Arc<Notify>,
+    cut: Arc<Notify>,
 }
 
 impl SseUpstream {
     /// Serves connection `n` (0-based) with `script(n)`.
     pub async fn start(script: impl Fn(usize) -> Script + Send + Sync + 'static) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(0, script).await
+    }
+
+    /// Like `start`, on the given loopback port (0: any free one).
+    pub async fn start_on(
+        port: u16,
+        script: impl Fn(usize) -> Script + Send + Sync + 'static,
+    ) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let connections = Arc::new(AtomicUsize::new(0));
-        let release = Arc::new(Notify::new());
-        let closed_early = Arc::new(Notify::new());
-        let (count, rel, closed) = (connections.clone(), release.clone(), closed_early.clone());
+        let signals = Signals {
+            release: Arc::new(Notify::new()),
+            closed: Arc::new(Notify::new()),
+            cut: Arc::new(Notify::new()),
+        };
+        let (count, each) = (connections.clone(), signals.clone());
         tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
                 let n = count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve(sock, script(n), rel.clone(), closed.clone()));
+                tokio::spawn(serve(sock, script(n), each.clone()));
             }
         });
         Self {
             url,
             connections,
-            release,
-            closed_early,
+            release: signals.release,
+            closed_early: signals.closed,
+            cut: signals.cut,
         }
     }
 
@@ -81,6 +130,11 @@ impl SseUpstream {
         self.release.notify_one();
     }
 
+    /// Lets one connection waiting to be reset (now or next) reset.
+    pub fn cut(&self) {
+        self.cut.notify_one();
+    }
+
     pub fn calls(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
@@ -90,7 +144,12 @@ fn chunk(s: &str) -> String {
     format!("{:x}\r\n{s}\r\n", s.len())
 }
 
-async fn serve(mut sock: TcpStream, script: Script, release: Arc<Notify>, closed: Arc<Notify>) {
+async fn serve(mut sock: TcpStream, script: Script, signals: Signals) {
+    let Signals {
+        release,
+        closed,
+        cut,
+    } = signals;
     let mut head = Vec::new();
     let mut buf = [0u8; 4096];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -99,28 +158,42 @@ async fn serve(mut sock: TcpStream, script: Script, release: Arc<Notify>, closed
             Ok(n) => head.extend_from_slice(&buf[..n]),
         }
     }
-    if script == Script::CloseAfterRelease {
-        release.notified().await;
-        return;
-    }
-    if script == Script::ShortBody {
-        let head =
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n";
-        let _ = sock
-            .write_all(format!("{head}{{\"partial\":").as_bytes())
-            .await;
-        return;
-    }
-    if script == Script::Garbage {
-        let _ = sock.write_all(b"SMTP ready, not HTTP\r\n\r\n").await;
-        return;
+    match script {
+        Script::CloseAfterRelease => {
+            release.notified().await;
+            return;
+        }
+        Script::ResetBeforeHead => return reset(sock),
+        Script::ShortBody | Script::ResetMidJson => {
+            let head =
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n";
+            let _ = sock
+                .write_all(format!("{head}{{\"partial\":").as_bytes())
+                .await;
+            if script == Script::ResetMidJson {
+                cut.notified().await;
+                reset(sock);
+            }
+            return;
+        }
+        Script::Garbage => {
+            let _ = sock.write_all(b"SMTP ready, not HTTP\r\n\r\n").await;
+            return;
+        }
+        _ => {}
     }
     if script == Script::CompleteAfterRelease {
         release.notified().await;
     }
     // `connection: close`: a pooled connection would carry the next request to a script
     // that serves one response per connection.
-    let start = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n";
+    let status = match script {
+        Script::Status(code) => code,
+        _ => 200,
+    };
+    let start = format!(
+        "HTTP/1.1 {status} Whatever\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+    );
     let first = format!("{start}{}", chunk(EVENTS[0]));
     if sock.write_all(first.as_bytes()).await.is_err() {
         return;
@@ -147,6 +220,17 @@ async fn serve(mut sock: TcpStream, script: Script, release: Arc<Notify>, closed
                 }
             }
             &EVENTS[2..]
+        }
+        Script::ResetMidStream => {
+            cut.notified().await;
+            return reset(sock);
+        }
+        Script::Large(n) => {
+            let events = large_stream(n);
+            let body: String = events[1..].iter().map(|e| chunk(e)).collect();
+            let _ = sock.write_all(format!("{body}0\r\n\r\n").as_bytes()).await;
+            let _ = sock.read(&mut buf).await;
+            return;
         }
         Script::CutMidChunk => {
             // Drop with unread request bytes pending would reset; close the write side abruptly

@@ -3,14 +3,18 @@
 use std::time::Duration;
 
 use crate::helpers::{client, spawn_proxy, x_cache};
-use crate::sse_upstream::{EVENTS, Script, SseUpstream, read_all};
+use crate::sse_upstream::{EVENTS, Script, SseUpstream, large_stream, read_all};
 
 const STREAM_BODY: &str = r#"{"model":"m","stream":true,"messages":[]}"#;
 
 async fn stream_request(address: &str) -> reqwest::Response {
+    stream_request_as(address, "sk-a").await
+}
+
+async fn stream_request_as(address: &str, api_key: &str) -> reqwest::Response {
     client()
         .post(format!("{address}/v1/chat/completions"))
-        .bearer_auth("sk-a")
+        .bearer_auth(api_key)
         .header("content-type", "application/json")
         .body(STREAM_BODY)
         .send()
@@ -95,4 +99,68 @@ async fn a_client_leaving_mid_stream_cancels_the_upstream_request() {
     let again = stream_request(&address).await;
     assert_eq!(x_cache(&again), "MISS");
     assert_eq!(read_text(again).await.unwrap(), EVENTS.concat());
+}
+
+#[tokio::test]
+async fn a_stored_stream_for_one_api_key_is_a_miss_for_another() {
+    let upstream = SseUpstream::start(|_| Script::Complete).await;
+    let address = spawn_proxy(&upstream.url, &[]);
+    for (key, expected) in [("sk-a", "MISS"), ("sk-a", "HIT"), ("sk-b", "MISS")] {
+        let res = stream_request_as(&address, key).await;
+        assert_eq!(x_cache(&res), expected, "{key}");
+        assert_eq!(read_text(res).await.unwrap(), EVENTS.concat(), "{key}");
+    }
+    assert_eq!(upstream.calls(), 2, "one upstream call per API key");
+}
+
+#[tokio::test]
+async fn a_stream_larger_than_the_entry_limit_is_passed_through_whole_and_not_stored() {
+    let events = large_stream(200);
+    let whole = events.concat();
+    assert!(whole.len() > 4 * 2000 && whole.ends_with("data: [DONE]\n\n"));
+    let upstream = SseUpstream::start(|_| Script::Large(200)).await;
+    let address = spawn_proxy(&upstream.url, &[("MAX_ENTRY_SIZE_BYTES", "2000")]);
+    for _ in 0..2 {
+        let res = stream_request(&address).await;
+        assert_eq!(x_cache(&res), "MISS");
+        assert_eq!(res.headers()["content-type"], "text/event-stream");
+        let got = read_text(res).await.unwrap();
+        assert!(
+            got == whole,
+            "not byte-identical: {} bytes, {}",
+            got.len(),
+            whole.len()
+        );
+    }
+    assert_eq!(upstream.calls(), 2, "nothing was stored");
+    // The control: under the default limit the same stream is stored.
+    let roomy = spawn_proxy(&upstream.url, &[]);
+    for expected in ["MISS", "HIT"] {
+        let res = stream_request(&roomy).await;
+        assert_eq!(x_cache(&res), expected);
+        assert_eq!(read_text(res).await.unwrap().len(), whole.len());
+    }
+}
+
+#[tokio::test]
+async fn a_complete_stream_with_a_status_other_than_200_is_passed_through_but_not_stored() {
+    for status in [202u16, 429, 500] {
+        let upstream = SseUpstream::start(move |_| Script::Status(status)).await;
+        let address = spawn_proxy(&upstream.url, &[]);
+        for _ in 0..2 {
+            let res = stream_request(&address).await;
+            assert_eq!(res.status(), status);
+            assert_eq!(x_cache(&res), "MISS", "{status}");
+            assert_eq!(read_text(res).await.unwrap(), EVENTS.concat(), "{status}");
+        }
+        assert_eq!(upstream.calls(), 2, "{status}: nothing was stored");
+    }
+    // The control: the same stream under 200 is stored.
+    let upstream = SseUpstream::start(|_| Script::Status(200)).await;
+    let address = spawn_proxy(&upstream.url, &[]);
+    for expected in ["MISS", "HIT"] {
+        let res = stream_request(&address).await;
+        assert_eq!(x_cache(&res), expected);
+        assert_eq!(read_text(res).await.unwrap(), EVENTS.concat());
+    }
 }

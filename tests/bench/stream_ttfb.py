@@ -25,7 +25,8 @@ def fetch(port, body):
             "Content-Type": "application/json",
             "Authorization": "Bearer sk-bench",
             "Accept": "text/event-stream",
-            # Every body is unique anyway; this also keeps a future stream cache out of the way.
+            # Every body is unique anyway; no-store also keeps the stream cache from recording
+            # it (BYPASS), so this measures pass-through alone.
             "Cache-Control": "no-store",
         },
     )

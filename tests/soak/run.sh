@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Loopback soak (`make soak`): the release proxy in front of the bench upstream, driven by the
 # `soak` example in three phases: `disconnect` (1,000 streams dropped after the first chunk:
-# in_flight back to 0, no fds left open), `mix` (HIT/MISS/STREAM/BYPASS/ABUSIVE from 50,000
-# client IPs, every response checked, RSS sampled) and `ips` (1,000,000 GETs from distinct IPs,
-# then the rate limiter must forget them).
+# in_flight back to 0, no fds left open, RSS bounded), `mix` (HIT/MISS/STREAM/BYPASS/ABUSIVE
+# from 50,000 client IPs, every response checked, RSS and fds bounded after warm-up) and `ips`
+# (1,000,000 GETs from distinct IPs, then the rate limiter must forget them and RSS come back).
+# The bounds are in tests/soak/bounds.rs and the phases, and listed in the README.
 # Env: SOAK_SECONDS (mix phase, default 60), SOAK_CLIENTS (mix concurrency, default 200),
 # SOAK_CACHE_MB (the proxy's MAX_CACHE_SIZE, default 8: small, so the cache is full and evicting
 # well before the mix phase's warm-up ends and RSS growth after it means a leak, not a fill).

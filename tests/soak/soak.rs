@@ -4,6 +4,7 @@
 //! VmRSS and open fds from /proc), DURATION_SECS (mix, default 60), CLIENTS (mix, default 200).
 //! Every response is checked; the process exits non-zero when the phase's check fails.
 
+mod bounds;
 mod disconnect;
 mod ips;
 mod mix;
@@ -36,6 +37,11 @@ pub struct Settings {
 pub struct Proc(Option<u32>);
 
 impl Proc {
+    /// Whether a process is being watched: its figures must then be readable.
+    pub fn watched(&self) -> bool {
+        self.0.is_some()
+    }
+
     pub fn rss_kb(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.0?)).ok()?;
         let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
