@@ -67,10 +67,11 @@ pub fn parse(vars: RedisVars) -> Result<Option<RedisConfig>, ConfigError> {
         .collect::<Result<Vec<_>, _>>()?
         .join(",");
     let key_prefix = vars.key_prefix.unwrap_or_else(|| "ocp:v1:".into());
-    if key_prefix.is_empty() || key_prefix.contains(['*', '?', '[', ']', ' ']) {
+    // Clears SCAN for the prefix followed by a fixed pattern: the prefix must match itself.
+    if key_prefix.is_empty() || key_prefix.contains(['*', '?', '[', ']', '\\', ' ']) {
         return Err(err(
             "CACHE_KEY_PREFIX",
-            "must be non-empty, without spaces or glob characters (* ? [ ])",
+            "must be non-empty, without spaces or glob characters (* ? [ ] \\)",
             &key_prefix,
         ));
     }

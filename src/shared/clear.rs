@@ -40,7 +40,7 @@ impl SharedTier {
         }
     }
 
-    /// Deletes every key under the prefix without blocking Redis (SCAN + UNLINK in batches),
+    /// Deletes every cache entry under the prefix without blocking Redis (SCAN + UNLINK in batches),
     /// then tells every instance to drop its L1. Returns how many keys went, or `None` if
     /// Redis could not be reached.
     pub async fn clear(&self) -> Option<u64> {
@@ -70,9 +70,9 @@ impl SharedTier {
         Some(removed)
     }
 
-    /// SCAN + UNLINK of the prefix's keys on one server, in batches.
+    /// SCAN + UNLINK of the cache entries on one server, in batches.
     async fn clear_node<C: ConnectionLike + Clone>(&self, conn: C) -> Option<u64> {
-        let pattern = format!("{}*", self.prefix);
+        let pattern = self.entry_pattern();
         let mut cursor: u64 = 0;
         let mut removed = 0;
         loop {
@@ -111,6 +111,14 @@ impl SharedTier {
                 return Some(removed);
             }
         }
+    }
+
+    /// What SCAN matches: this prefix's cache entries and nothing else. An entry's key is the
+    /// prefix (free of glob characters, see CACHE_KEY_PREFIX) and 64 lower-case hex digits;
+    /// the rate-limit buckets (`<prefix>rl:<ip>`) and other keys under or outside the prefix
+    /// never match, so a clear leaves every client's limit where it was.
+    fn entry_pattern(&self) -> String {
+        format!("{}{}", self.prefix, "[0-9a-f]".repeat(64))
     }
 
     /// URLs of the Cluster's primaries (from CLUSTER NODES), with the seeds' credentials.

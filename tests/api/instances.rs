@@ -1,0 +1,155 @@
+//! Proxy instances sharing one Redis (a single server or a Cluster), for the shared-tier
+//! tests.
+
+use std::time::Duration;
+
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::helpers::{CHAT_ANSWER, client, eventually, spawn_proxy};
+use crate::redis_server::{RedisCluster, RedisServer};
+
+/// Where the shared tier lives: one server, or a three-primary Cluster.
+pub enum Backend {
+    Single(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Backend {
+    pub async fn single() -> Self {
+        Self::Single(RedisServer::start().await)
+    }
+
+    pub async fn cluster() -> Self {
+        Self::Cluster(RedisCluster::start().await)
+    }
+
+    pub fn vars(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Self::Single(r) => vec![("REDIS_URL", r.url())],
+            Self::Cluster(c) => vec![("REDIS_URL", c.url()), ("REDIS_CLUSTER", "true".into())],
+        }
+    }
+
+    pub fn servers(&self) -> Vec<&RedisServer> {
+        match self {
+            Self::Single(r) => vec![r],
+            Self::Cluster(c) => c.nodes.iter().collect(),
+        }
+    }
+
+    /// Sets `key` on the server that owns it (on a Cluster, the others answer MOVED).
+    pub fn plant(&self, key: &str, value: &str) {
+        let owned = self.servers().into_iter().any(|server| {
+            let mut conn = server.connection();
+            redis::cmd("SET")
+                .arg(key)
+                .arg(value)
+                .query::<()>(&mut conn)
+                .is_ok()
+        });
+        assert!(owned, "no server took {key}");
+    }
+
+    /// Every key matching `pattern`, with the server that holds it.
+    pub fn keys(&self, pattern: &str) -> Vec<(&RedisServer, String)> {
+        let mut all = Vec::new();
+        for server in self.servers() {
+            let mut conn = server.connection();
+            let keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query(&mut conn).unwrap();
+            all.extend(keys.into_iter().map(|k| (server, k)));
+        }
+        all
+    }
+}
+
+pub struct Instance {
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Instance {
+    /// A proxy in front of `upstream` sharing `redis`; returns once it reports Redis ok.
+    pub async fn start(upstream: &MockServer, redis: &Backend, extra: &[(&str, &str)]) -> Self {
+        let shared = redis.vars();
+        let mut vars: Vec<(&str, &str)> = shared.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        vars.push(("REDIS_TIMEOUT", "2s"));
+        vars.extend_from_slice(extra);
+        let me = Self {
+            base: spawn_proxy(&upstream.uri(), &vars),
+            http: client(),
+        };
+        me.until_redis("ok").await;
+        me
+    }
+
+    pub async fn until_redis(&self, state: &str) {
+        eventually(
+            Duration::from_secs(20),
+            &format!("redis {state}"),
+            || async {
+                let health: serde_json::Value = self
+                    .http
+                    .get(format!("{}/health", self.base))
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                (health["redis"] == state).then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// POSTs `body`; returns (status, X-Cache, body).
+    pub async fn post(&self, body: &str) -> (u16, String, String) {
+        let res = self
+            .http
+            .post(format!("{}/v1/chat/completions", self.base))
+            .bearer_auth("sk-shared")
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        let cache = res
+            .headers()
+            .get("x-cache")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        (status, cache, res.text().await.unwrap())
+    }
+
+    /// `DELETE /cache`; returns its JSON answer.
+    pub async fn clear(&self) -> serde_json::Value {
+        let res = self
+            .http
+            .delete(format!("{}/cache", self.base))
+            .send()
+            .await;
+        let res = res.unwrap();
+        assert_eq!(res.status(), 200);
+        res.json().await.unwrap()
+    }
+
+    pub async fn stats(&self) -> serde_json::Value {
+        let res = self.http.get(format!("{}/stats", self.base)).send().await;
+        res.unwrap().json().await.unwrap()
+    }
+}
+
+pub async fn upstream() -> MockServer {
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(CHAT_ANSWER, "application/json"))
+        .mount(&upstream)
+        .await;
+    upstream
+}
+
+pub async fn calls(upstream: &MockServer) -> usize {
+    upstream.received_requests().await.unwrap().len()
+}
