@@ -156,10 +156,15 @@ pub async fn clear_cache(
     // The shared tier's keys, and (by pub/sub) every other instance's L1.
     if let Some(tier) = &state.shared {
         let shared = tier.clear().await;
-        if shared.is_none() {
-            tracing::warn!("cache cleared here, but redis could not be cleared");
+        if !shared.complete {
+            tracing::warn!(
+                removed = shared.removed,
+                "cache cleared here, but redis could not be cleared completely"
+            );
         }
-        body["shared_cleared"] = shared.into();
+        body["shared_cleared"] = shared.removed.into();
+        body["shared_complete"] = shared.complete.into();
+        body["shared_notified"] = shared.published.into();
     }
     tracing::info!(cleared, "cache cleared");
     Ok(HttpResponse::Ok().json(body))

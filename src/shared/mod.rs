@@ -21,6 +21,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 
 pub use breaker::Breaker;
+pub use clear::{CLEAR_STEP_TIMEOUT, Cleared};
 pub use rate_limit::Decision;
 
 use crate::cache::{CacheKey, CachedResponse};
@@ -127,6 +128,11 @@ impl SharedTier {
 
     fn key(&self, key: CacheKey) -> String {
         format!("{}{}", self.prefix, key.to_hex())
+    }
+
+    /// A client for one node's URL (a Cluster seed or primary).
+    fn client(&self, url: &str) -> redis::RedisResult<redis::Client> {
+        redis::Client::open(url)
     }
 
     fn channel(&self) -> String {

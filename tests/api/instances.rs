@@ -73,14 +73,28 @@ impl Instance {
     pub async fn start(upstream: &MockServer, redis: &Backend, extra: &[(&str, &str)]) -> Self {
         let shared = redis.vars();
         let mut vars: Vec<(&str, &str)> = shared.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        vars.push(("REDIS_TIMEOUT", "2s"));
         vars.extend_from_slice(extra);
-        let me = Self {
-            base: spawn_proxy(&upstream.uri(), &vars),
-            http: client(),
-        };
+        Self::start_with(upstream, &vars).await
+    }
+
+    /// A proxy in front of `upstream` with `vars` (REDIS_URL among them; REDIS_TIMEOUT 2 s
+    /// unless given); returns once it reports Redis ok.
+    pub async fn start_with(upstream: &MockServer, vars: &[(&str, &str)]) -> Self {
+        let me = Self::spawn(upstream, vars);
         me.until_redis("ok").await;
         me
+    }
+
+    /// A proxy as [`Instance::start_with`], without waiting for Redis.
+    pub fn spawn(upstream: &MockServer, vars: &[(&str, &str)]) -> Self {
+        let mut all = vars.to_vec();
+        if !all.iter().any(|(k, _)| *k == "REDIS_TIMEOUT") {
+            all.push(("REDIS_TIMEOUT", "2s"));
+        }
+        Self {
+            base: spawn_proxy(&upstream.uri(), &all),
+            http: client(),
+        }
     }
 
     pub async fn until_redis(&self, state: &str) {
