@@ -1,37 +1,40 @@
 //! A real Redis server (Debian's `redis-server`) on a free loopback port, for the shared-tier
-//! tests. Killed when dropped; can be stopped and started again on the same port.
+//! tests. Killed when dropped; can be stopped and started again on the same port. A server
+//! that exits on its own fails the test with the end of its log.
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::helpers::{closed_port, eventually};
+use crate::helpers::closed_port;
 
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
-    /// Cluster mode: the node's state file lives here.
-    cluster_dir: Option<tempfile::TempDir>,
+    /// Its log file, and in cluster mode its state file (nodes.conf).
+    dir: tempfile::TempDir,
+    /// Cluster mode: the cluster bus port, given explicitly. By default Redis uses port +
+    /// 10000 and exits when that is above 65535, which a free port above 55535 would be.
+    cluster_port: Option<u16>,
 }
 
 impl RedisServer {
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    async fn start_with(cluster_port: Option<u16>) -> Self {
         let mut server = Self {
             port: closed_port(),
             child: None,
-            cluster_dir: None,
+            dir: tempfile::tempdir().expect("a temp dir"),
+            cluster_port,
         };
         server.restart().await;
         server
     }
 
     async fn start_cluster_node() -> Self {
-        let mut server = Self {
-            port: closed_port(),
-            child: None,
-            cluster_dir: Some(tempfile::tempdir().expect("a temp dir")),
-        };
-        server.restart().await;
-        server
+        Self::start_with(Some(closed_port())).await
     }
 
     pub fn url(&self) -> String {
@@ -46,11 +49,14 @@ impl RedisServer {
             .expect("redis-server is installed (make test installs it)");
         let mut cmd = Command::new(binary);
         cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"]);
-        if let Some(dir) = &self.cluster_dir {
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(self.dir.path().join("redis.log"));
+        if let Some(bus) = self.cluster_port {
             cmd.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
-                .arg("--dir")
-                .arg(dir.path());
+                .args(["--cluster-port", &bus.to_string()]);
         }
         let child = cmd
             .stdout(Stdio::null())
@@ -59,18 +65,50 @@ impl RedisServer {
             .expect("redis-server starts");
         self.child = Some(child);
         let url = self.url();
-        eventually(
-            Duration::from_secs(10),
-            "redis-server to answer PING",
-            || {
-                let url = url.clone();
-                async move {
-                    let mut conn = redis::Client::open(url).ok()?.get_connection().ok()?;
-                    redis::cmd("PING").query::<String>(&mut conn).ok()
-                }
-            },
-        )
+        self.until("redis-server to answer PING", || {
+            let mut conn = redis::Client::open(url.as_str())
+                .ok()?
+                .get_connection()
+                .ok()?;
+            redis::cmd("PING").query::<String>(&mut conn).ok().map(drop)
+        })
         .await;
+    }
+
+    /// Polls `check` every 20 ms until it returns `Some`; fails after 20 s, or at once with
+    /// the end of the server's log if the server has exited.
+    pub async fn until(&mut self, what: &str, mut check: impl FnMut() -> Option<()>) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            self.assert_running(what);
+            if check().is_some() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what} (redis-server on port {})",
+                self.port
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Panics, with the end of its log, if the server has exited.
+    pub fn assert_running(&mut self, what: &str) {
+        let Some(child) = self.child.as_mut() else {
+            panic!("redis-server on port {} is stopped ({what})", self.port);
+        };
+        if let Ok(Some(status)) = child.try_wait() {
+            let log =
+                std::fs::read_to_string(self.dir.path().join("redis.log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(15).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            panic!(
+                "redis-server on port {} exited ({status}) while waiting for {what}; its log ends:\n{}",
+                self.port,
+                tail.join("\n")
+            );
+        }
     }
 
     pub fn stop(&mut self) {
@@ -116,25 +154,28 @@ impl RedisCluster {
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .output()
             .expect("redis-cli runs (Debian package redis-tools)");
+        for node in &mut nodes {
+            node.assert_running("redis-cli --cluster create");
+        }
         assert!(
             out.status.success(),
-            "redis-cli --cluster create failed: {}",
-            String::from_utf8_lossy(&out.stdout)
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
         );
-        let cluster = Self { nodes };
-        for node in &cluster.nodes {
+        for node in &mut nodes {
             let url = node.url();
-            eventually(Duration::from_secs(20), "cluster_state:ok", || {
-                let url = url.clone();
-                async move {
-                    let mut conn = redis::Client::open(url).ok()?.get_connection().ok()?;
-                    let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut conn).ok()?;
-                    info.contains("cluster_state:ok").then_some(())
-                }
+            node.until("cluster_state:ok", || {
+                let mut conn = redis::Client::open(url.as_str())
+                    .ok()?
+                    .get_connection()
+                    .ok()?;
+                let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut conn).ok()?;
+                info.contains("cluster_state:ok").then_some(())
             })
             .await;
         }
-        cluster
+        Self { nodes }
     }
 
     /// The seed list for REDIS_URL (with REDIS_CLUSTER=true).
