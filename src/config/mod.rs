@@ -110,6 +110,7 @@ struct RawConfig {
     cache_key_prefix: Option<String>,
     redis_timeout: Option<String>,
     rate_limit_backend: Option<String>,
+    redis_ca_file: Option<String>,
 }
 
 /// The variables this program reads, in README order. A test checks each is documented.
@@ -139,6 +140,7 @@ pub const VARIABLES: &[&str] = &[
     "CACHE_KEY_PREFIX",
     "REDIS_TIMEOUT",
     "RATE_LIMIT_BACKEND",
+    "REDIS_CA_FILE",
 ];
 
 impl Config {
@@ -293,6 +295,7 @@ impl RawConfig {
                     Duration::from_millis(50),
                 )?,
                 rate_limit_backend: self.rate_limit_backend,
+                ca_file: self.redis_ca_file,
             })?,
             price_table: match self.price_table {
                 None => PriceTable::default(),
@@ -522,7 +525,9 @@ mod tests {
             ) {
                 let mut vars = vars;
                 // EXTRA_CA_FILE names a file to read: keep it to paths that cannot block.
-                vars.retain(|(k, v)| k != "EXTRA_CA_FILE" || !v.starts_with('/'));
+                vars.retain(|(k, v)| {
+                    !["EXTRA_CA_FILE", "REDIS_CA_FILE"].contains(&k.as_str()) || !v.starts_with('/')
+                });
                 if from_env {
                     vars.push(("PROXY_FROM_ENV".into(), "true".into()));
                 }

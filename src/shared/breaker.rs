@@ -97,11 +97,17 @@ mod tests {
         assert!(!b.allows_at(t0 + COOLDOWN / 2), "open");
         let after = t0 + COOLDOWN;
         assert!(b.allows_at(after), "the probe");
-        assert!(!b.allows_at(after), "a second caller while the probe is out");
+        assert!(
+            !b.allows_at(after),
+            "a second caller while the probe is out"
+        );
         assert!(!b.allows_at(after + COOLDOWN / 2));
 
         // The probe fails: open again for a whole cooldown, then one more probe.
-        assert!(!b.failure_at(after), "already open: not reported as opening");
+        assert!(
+            !b.failure_at(after),
+            "already open: not reported as opening"
+        );
         assert!(!b.allows_at(after + COOLDOWN / 2));
         assert!(b.allows_at(after + COOLDOWN));
         assert!(!b.allows_at(after + COOLDOWN));
@@ -118,7 +124,10 @@ mod tests {
         for _ in 0..FAILURES_TO_OPEN {
             b.failure_at(t0);
         }
-        assert!(b.allows_at(t0 + COOLDOWN), "a probe, whose caller then goes away");
+        assert!(
+            b.allows_at(t0 + COOLDOWN),
+            "a probe, whose caller then goes away"
+        );
         assert!(!b.allows_at(t0 + COOLDOWN + COOLDOWN / 2));
         assert!(b.allows_at(t0 + COOLDOWN * 2), "the next probe");
     }

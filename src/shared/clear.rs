@@ -27,7 +27,7 @@ impl SharedTier {
         let channel = self.channel();
         // A Cluster broadcasts PUBLISH to every node: any one will do; try them in turn.
         let clients: Vec<redis::Client> = match &self.target {
-            Target::Single(client) => vec![client.clone()],
+            Target::Single(client) => vec![(**client).clone()],
             Target::Cluster { seeds, .. } => {
                 seeds.iter().filter_map(|s| self.client(s).ok()).collect()
             }
@@ -110,7 +110,7 @@ impl SharedTier {
     /// that answers will do.
     async fn publish_clear(&self, limit: Duration) -> RedisResult<()> {
         let clients = match &self.target {
-            Target::Single(client) => vec![client.clone()],
+            Target::Single(client) => vec![(**client).clone()],
             Target::Cluster { seeds, .. } => {
                 seeds.iter().filter_map(|s| self.client(s).ok()).collect()
             }

@@ -7,7 +7,7 @@ use redis::{RedisFuture, Value};
 
 /// Where Redis is: one server, or a Cluster given by some of its nodes.
 pub(super) enum Target {
-    Single(redis::Client),
+    Single(Box<redis::Client>),
     Cluster {
         client: Box<ClusterClient>,
         /// The seed URLs, for pub/sub and for clearing each primary on its own.

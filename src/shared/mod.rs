@@ -12,6 +12,7 @@ mod clear;
 pub mod codec;
 mod conn;
 mod rate_limit;
+mod tls;
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -24,7 +25,10 @@ pub use breaker::Breaker;
 pub use clear::{CLEAR_STEP_TIMEOUT, Cleared};
 pub use rate_limit::Decision;
 
+use secrecy::ExposeSecret;
+
 use crate::cache::{CacheKey, CachedResponse};
+use crate::config::RedisConfig;
 use conn::{Conn, Target};
 
 /// Counters of the shared tier, exported by `/metrics` and read by `/stats`.
@@ -42,40 +46,42 @@ pub struct SharedTier {
     conn: Mutex<Option<Conn>>,
     prefix: String,
     timeout: Duration,
+    /// REDIS_CA_FILE, for the clients opened per node (clears, pub/sub).
+    ca_pem: Option<Vec<u8>>,
     breaker: Breaker,
     gcra: redis::Script,
     pub counters: RedisCounters,
 }
 
 impl SharedTier {
-    /// A tier for `url`, or with `cluster` for the comma-separated seed nodes in it (not
-    /// connected yet: see [`SharedTier::connect`]).
-    pub fn new(
-        url: &str,
-        cluster: bool,
-        prefix: String,
-        timeout: Duration,
-        counters: RedisCounters,
-    ) -> redis::RedisResult<Self> {
-        let target = if cluster {
+    /// A tier for REDIS_URL (for a Cluster, the comma-separated seed nodes in it); not
+    /// connected yet: see [`SharedTier::connect`].
+    pub fn new(config: &RedisConfig, counters: RedisCounters) -> redis::RedisResult<Self> {
+        let url = config.url.expose_secret();
+        let timeout = config.timeout;
+        let ca_pem = config.ca_pem.clone();
+        let target = if config.cluster {
             let seeds: Vec<String> = url.split(',').map(|u| u.trim().to_owned()).collect();
-            let client = ClusterClient::builder(seeds.clone())
+            let mut builder = ClusterClient::builder(seeds.clone())
                 .connection_timeout(timeout.max(Duration::from_millis(500)))
                 .response_timeout(timeout)
-                .retries(1)
-                .build()?;
+                .retries(1);
+            if let Some(pem) = &ca_pem {
+                builder = builder.certs(tls::certificates(pem));
+            }
             Target::Cluster {
-                client: Box::new(client),
+                client: Box::new(builder.build()?),
                 seeds,
             }
         } else {
-            Target::Single(redis::Client::open(url)?)
+            Target::Single(Box::new(tls::client(url, ca_pem.as_deref())?))
         };
         Ok(Self {
             target,
             conn: Mutex::new(None),
-            prefix,
+            prefix: config.key_prefix.clone(),
             timeout,
+            ca_pem,
             breaker: Breaker::default(),
             gcra: redis::Script::new(rate_limit::GCRA),
             counters,
@@ -92,7 +98,7 @@ impl SharedTier {
         loop {
             let connected = match &self.target {
                 Target::Single(client) => {
-                    ConnectionManager::new_with_config(client.clone(), config.clone())
+                    ConnectionManager::new_with_config((**client).clone(), config.clone())
                         .await
                         .map(Conn::Single)
                 }
@@ -132,7 +138,7 @@ impl SharedTier {
 
     /// A client for one node's URL (a Cluster seed or primary).
     fn client(&self, url: &str) -> redis::RedisResult<redis::Client> {
-        redis::Client::open(url)
+        tls::client(url, self.ca_pem.as_deref())
     }
 
     fn channel(&self) -> String {

@@ -74,6 +74,8 @@ async fn bad_environment_values_stop_the_process_with_exit_code_2() {
         ("REDIS_URL", "redis://:s3cr3t@a:1,redis://b:2", None),
         ("RATE_LIMIT_BACKEND", "redis", Some("redis")),
         ("REDIS_TIMEOUT", "soon", Some("soon")),
+        ("REDIS_URL", "rediss://:hunter2@cache:6380/0#insecure", None),
+        ("REDIS_CA_FILE", "/etc/hostname", Some("/etc/hostname")),
     ] {
         let out = tokio::time::timeout(
             Duration::from_secs(10),

@@ -8,6 +8,7 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::helpers::{CHAT_ANSWER, client, eventually, spawn_proxy};
 use crate::redis_server::{RedisCluster, RedisServer};
+use crate::tls_upstream::TestCa;
 
 /// Where the shared tier lives: one server, or a three-primary Cluster.
 pub enum Backend {
@@ -24,10 +25,20 @@ impl Backend {
         Self::Cluster(RedisCluster::start().await)
     }
 
+    /// TLS only, with a password, its certificate signed by `ca`.
+    pub async fn single_tls(ca: &TestCa, password: &str) -> Self {
+        Self::Single(RedisServer::start_tls(ca, password).await)
+    }
+
+    pub async fn cluster_tls(ca: &TestCa, password: &str) -> Self {
+        Self::Cluster(RedisCluster::start_tls(ca, password).await)
+    }
+
+    /// What a proxy needs to use it: REDIS_URL, and REDIS_CLUSTER or REDIS_CA_FILE as fits.
     pub fn vars(&self) -> Vec<(&'static str, String)> {
         match self {
-            Self::Single(r) => vec![("REDIS_URL", r.url())],
-            Self::Cluster(c) => vec![("REDIS_URL", c.url()), ("REDIS_CLUSTER", "true".into())],
+            Self::Single(r) => r.vars(),
+            Self::Cluster(c) => c.vars(),
         }
     }
 
@@ -147,6 +158,14 @@ impl Instance {
         let res = res.unwrap();
         assert_eq!(res.status(), 200);
         res.json().await.unwrap()
+    }
+
+    /// GET `path`; asserts 200 and returns the body.
+    pub async fn text(&self, path: &str) -> String {
+        let res = self.http.get(format!("{}{path}", self.base)).send().await;
+        let res = res.unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        res.text().await.unwrap()
     }
 
     pub async fn stats(&self) -> serde_json::Value {

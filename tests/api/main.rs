@@ -14,6 +14,7 @@ mod outbound_proxy;
 mod proxy;
 mod rate_limit;
 mod redis_server;
+mod redis_tls;
 mod sdk;
 mod shared;
 mod shared_clear;

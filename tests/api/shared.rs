@@ -16,7 +16,7 @@ async fn with_a_cluster_a_miss_on_one_instance_is_a_hit_on_another_and_a_clear_r
     share_and_clear(Backend::cluster().await).await;
 }
 
-async fn share_and_clear(redis: Backend) {
+pub async fn share_and_clear(redis: Backend) {
     let upstream = upstream().await;
     let a = Instance::start(&upstream, &redis, &[]).await;
     let b = Instance::start(&upstream, &redis, &[]).await;
