@@ -76,6 +76,8 @@ async fn bad_environment_values_stop_the_process_with_exit_code_2() {
         ("REDIS_TIMEOUT", "soon", Some("soon")),
         ("REDIS_URL", "rediss://:hunter2@cache:6380/0#insecure", None),
         ("REDIS_CA_FILE", "/etc/hostname", Some("/etc/hostname")),
+        ("CACHE_KEY_PREFIX", "ocp v1:", Some("ocp v1:")),
+        ("CACHE_KEY_PREFIX", "ocp:*", Some("ocp:*")),
     ] {
         let out = tokio::time::timeout(
             Duration::from_secs(10),

@@ -199,3 +199,44 @@ async fn corrupt_values(redis: Backend) {
     }
     assert_eq!(b.stats().await["redis"]["undecodable_values"], 2);
 }
+
+#[tokio::test]
+async fn a_custom_key_prefix_names_every_key_and_keeps_two_caches_apart() {
+    let redis = Backend::single().await;
+    let upstream = upstream().await;
+    let team_a = [
+        ("CACHE_KEY_PREFIX", "team-a:"),
+        ("RATE_LIMIT", "100"),
+        ("RATE_LIMIT_BACKEND", "redis"),
+    ];
+    let a = Instance::start(&upstream, &redis, &team_a).await;
+    let b = Instance::start(&upstream, &redis, &team_a).await;
+    let other = Instance::start(&upstream, &redis, &[("CACHE_KEY_PREFIX", "team-b:")]).await;
+
+    assert_eq!(a.post(CHAT_BODY).await.1, "MISS");
+    let mut keys: Vec<String> = redis.keys("*").into_iter().map(|(_, k)| k).collect();
+    keys.sort();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys[0].starts_with("team-a:") && keys[0].len() == "team-a:".len() + 64);
+    assert_eq!(
+        keys[1], "team-a:rl:127.0.0.1",
+        "the bucket, under the same prefix"
+    );
+    assert_eq!(b.post(CHAT_BODY).await.1, "HIT", "same prefix, same cache");
+    assert_eq!(
+        other.post(CHAT_BODY).await.1,
+        "MISS",
+        "another prefix, another cache"
+    );
+    assert_eq!(redis.keys("team-b:*").len(), 1);
+
+    // A clear under team-a: leaves team-b's entry in Redis and its instance's L1.
+    assert_eq!(a.clear().await["shared_cleared"], 1);
+    eventually(Duration::from_secs(10), "B's L1 to be dropped", || async {
+        (b.stats().await["cache"]["item_count"] == 0).then_some(())
+    })
+    .await;
+    assert_eq!(redis.keys("team-b:*").len(), 1);
+    assert_eq!(other.stats().await["cache"]["item_count"], 1);
+    assert_eq!(other.post(CHAT_BODY).await.1, "HIT");
+}
