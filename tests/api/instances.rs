@@ -130,6 +130,16 @@ impl Instance {
 
     /// POSTs `body`; returns (status, X-Cache, body).
     pub async fn post(&self, body: &str) -> (u16, String, String) {
+        let (status, headers, body) = self.post_with_headers(body).await;
+        let cache = headers
+            .get("x-cache")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        (status, cache, body)
+    }
+
+    /// POSTs `body`; returns (status, headers, body), the body read to its end.
+    pub async fn post_with_headers(&self, body: &str) -> (u16, reqwest::header::HeaderMap, String) {
         let res = self
             .http
             .post(format!("{}/v1/chat/completions", self.base))
@@ -140,12 +150,8 @@ impl Instance {
             .await
             .unwrap();
         let status = res.status().as_u16();
-        let cache = res
-            .headers()
-            .get("x-cache")
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default();
-        (status, cache, res.text().await.unwrap())
+        let headers = res.headers().clone();
+        (status, headers, res.text().await.unwrap())
     }
 
     /// `DELETE /cache`; returns its JSON answer.
