@@ -111,6 +111,7 @@ struct RawConfig {
     redis_timeout: Option<String>,
     rate_limit_backend: Option<String>,
     redis_ca_file: Option<String>,
+    redis_coalesce_wait: Option<String>,
 }
 
 /// The variables this program reads, in README order. A test checks each is documented.
@@ -141,6 +142,7 @@ pub const VARIABLES: &[&str] = &[
     "REDIS_TIMEOUT",
     "RATE_LIMIT_BACKEND",
     "REDIS_CA_FILE",
+    "REDIS_COALESCE_WAIT",
 ];
 
 impl Config {
@@ -296,6 +298,7 @@ impl RawConfig {
                 )?,
                 rate_limit_backend: self.rate_limit_backend,
                 ca_file: self.redis_ca_file,
+                coalesce_wait: self.redis_coalesce_wait,
             })?,
             price_table: match self.price_table {
                 None => PriceTable::default(),

@@ -28,6 +28,9 @@ pub struct RedisConfig {
     /// REDIS_CA_FILE's PEM text: with TLS, the only CAs trusted for Redis (instead of the
     /// compiled-in Mozilla roots).
     pub ca_pem: Option<Vec<u8>>,
+    /// REDIS_COALESCE_WAIT: how long a miss waits for a sibling already calling the upstream
+    /// for the same key; zero turns cross-instance coalescing off.
+    pub coalesce_wait: Duration,
 }
 
 pub struct RedisVars {
@@ -37,6 +40,7 @@ pub struct RedisVars {
     pub timeout: Duration,
     pub rate_limit_backend: Option<String>,
     pub ca_file: Option<String>,
+    pub coalesce_wait: Option<String>,
 }
 
 pub fn parse(vars: RedisVars) -> Result<Option<RedisConfig>, ConfigError> {
@@ -49,6 +53,16 @@ pub fn parse(vars: RedisVars) -> Result<Option<RedisConfig>, ConfigError> {
         None | Some("false") | Some("0") => false,
         Some("true") | Some("1") => true,
         Some(other) => return Err(err("REDIS_CLUSTER", "must be true or false", other)),
+    };
+    let coalesce_wait = match vars.coalesce_wait {
+        None => Duration::from_secs(5),
+        Some(s) => humantime::parse_duration(s.trim()).map_err(|_| {
+            err(
+                "REDIS_COALESCE_WAIT",
+                "must be a duration such as 5s or 500ms (0s turns it off)",
+                &s,
+            )
+        })?,
     };
     let key_prefix = vars.key_prefix.unwrap_or_else(|| "ocp:v1:".into());
     // Clears SCAN for the prefix followed by a fixed pattern: the prefix must match itself.
@@ -119,6 +133,7 @@ pub fn parse(vars: RedisVars) -> Result<Option<RedisConfig>, ConfigError> {
         shared_rate_limit,
         tls,
         ca_pem,
+        coalesce_wait,
     }))
 }
 

@@ -76,6 +76,8 @@ pub async fn stats(
             "l2_misses": tier.counters.l2_misses.get(),
             "errors": tier.counters.errors.get(),
             "undecodable_values": tier.counters.undecodable.get(),
+            "sibling_waits": tier.counters.sibling_waits.get(),
+            "coalesce_wait": humantime::format_duration(redis.coalesce_wait).to_string(),
             "shared_rate_limit": redis.shared_rate_limit,
         })),
         "rate_limit": config.rate_limit,

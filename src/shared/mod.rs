@@ -11,6 +11,7 @@ mod breaker;
 mod clear;
 pub mod codec;
 mod conn;
+mod lock;
 mod rate_limit;
 mod tls;
 
@@ -23,6 +24,7 @@ use redis::cluster::ClusterClient;
 
 pub use breaker::Breaker;
 pub use clear::{CLEAR_STEP_TIMEOUT, Cleared};
+pub use lock::{Claim, LockGuard};
 pub use rate_limit::Decision;
 
 use secrecy::ExposeSecret;
@@ -39,6 +41,8 @@ pub struct RedisCounters {
     pub errors: Counter,
     /// Values that were present but not ours (corrupt, truncated, foreign): served as misses.
     pub undecodable: Counter,
+    /// Misses that waited for another instance's upstream call (REDIS_COALESCE_WAIT).
+    pub sibling_waits: Counter,
 }
 
 pub struct SharedTier {
@@ -50,6 +54,8 @@ pub struct SharedTier {
     ca_pem: Option<Vec<u8>>,
     breaker: Breaker,
     gcra: redis::Script,
+    /// Deletes a coalescing lock if it is still ours.
+    release: redis::Script,
     pub counters: RedisCounters,
 }
 
@@ -84,6 +90,7 @@ impl SharedTier {
             ca_pem,
             breaker: Breaker::default(),
             gcra: redis::Script::new(rate_limit::GCRA),
+            release: redis::Script::new(lock::RELEASE),
             counters,
         })
     }

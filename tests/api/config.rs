@@ -78,6 +78,7 @@ async fn bad_environment_values_stop_the_process_with_exit_code_2() {
         ("REDIS_CA_FILE", "/etc/hostname", Some("/etc/hostname")),
         ("CACHE_KEY_PREFIX", "ocp v1:", Some("ocp v1:")),
         ("CACHE_KEY_PREFIX", "ocp:*", Some("ocp:*")),
+        ("REDIS_COALESCE_WAIT", "soon", Some("soon")),
     ] {
         let out = tokio::time::timeout(
             Duration::from_secs(10),

@@ -62,6 +62,12 @@ impl Backend {
         assert!(owned, "no server took {key}");
     }
 
+    /// The cache entries under `prefix` (the prefix and 64 hex digits), with their servers;
+    /// not the rate-limit buckets, nor a coalescing lock still being released.
+    pub fn entries(&self, prefix: &str) -> Vec<(&RedisServer, String)> {
+        self.keys(&format!("{prefix}{}", "[0-9a-f]".repeat(64)))
+    }
+
     /// Every key matching `pattern`, with the server that holds it.
     pub fn keys(&self, pattern: &str) -> Vec<(&RedisServer, String)> {
         let mut all = Vec::new();

@@ -19,6 +19,7 @@ mod redis_tls;
 mod sdk;
 mod shared;
 mod shared_clear;
+mod shared_coalescing;
 mod shared_ttl;
 mod silent_redis;
 mod sse_upstream;

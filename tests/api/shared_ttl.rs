@@ -17,7 +17,7 @@ async fn an_l2_hit_keeps_the_original_store_time_and_expires_with_the_original()
     let (_, a_hit, _) = a.post_with_headers(CHAT_BODY).await;
     assert_eq!(a_hit["x-cache"], "HIT");
 
-    let keys = redis.keys("ocp:v1:*");
+    let keys = redis.entries("ocp:v1:");
     let (server, key) = &keys[0];
     let pttl = || -> i64 {
         redis::cmd("PTTL")
