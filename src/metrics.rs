@@ -200,6 +200,11 @@ impl Metrics {
             m.redis.undecodable.clone(),
         );
         r.register(
+            "redis_sibling_waits",
+            "Misses that waited for another instance's upstream call instead of making their own",
+            m.redis.sibling_waits.clone(),
+        );
+        r.register(
             "build",
             "Build information",
             Info::new(BuildLabels {

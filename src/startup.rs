@@ -4,8 +4,6 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use secrecy::ExposeSecret;
-
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
@@ -59,14 +57,8 @@ impl Application {
         let shared = match &config.redis {
             None => None,
             Some(redis) => Some(Arc::new(
-                SharedTier::new(
-                    redis.url.expose_secret(),
-                    redis.cluster,
-                    redis.key_prefix.clone(),
-                    redis.timeout,
-                    metrics.redis.clone(),
-                )
-                .map_err(|e| std::io::Error::other(format!("REDIS_URL: {e}")))?,
+                SharedTier::new(redis, metrics.redis.clone())
+                    .map_err(|e| std::io::Error::other(format!("REDIS_URL: {e}")))?,
             )),
         };
         let state = web::Data::new(AppState {

@@ -114,6 +114,8 @@ struct RawConfig {
     cache_key_prefix: Option<String>,
     redis_timeout: Option<String>,
     rate_limit_backend: Option<String>,
+    redis_ca_file: Option<String>,
+    redis_coalesce_wait: Option<String>,
 }
 
 /// The variables this program reads, in README order. A test checks each is documented.
@@ -144,6 +146,8 @@ pub const VARIABLES: &[&str] = &[
     "CACHE_KEY_PREFIX",
     "REDIS_TIMEOUT",
     "RATE_LIMIT_BACKEND",
+    "REDIS_CA_FILE",
+    "REDIS_COALESCE_WAIT",
 ];
 
 impl Config {
@@ -306,6 +310,8 @@ impl RawConfig {
                     Duration::from_millis(50),
                 )?,
                 rate_limit_backend: self.rate_limit_backend,
+                ca_file: self.redis_ca_file,
+                coalesce_wait: self.redis_coalesce_wait,
             })?,
             price_table: match self.price_table {
                 None => PriceTable::default(),
@@ -542,7 +548,9 @@ mod tests {
             ) {
                 let mut vars = vars;
                 // EXTRA_CA_FILE names a file to read: keep it to paths that cannot block.
-                vars.retain(|(k, v)| k != "EXTRA_CA_FILE" || !v.starts_with('/'));
+                vars.retain(|(k, v)| {
+                    !["EXTRA_CA_FILE", "REDIS_CA_FILE"].contains(&k.as_str()) || !v.starts_with('/')
+                });
                 if from_env {
                     vars.push(("PROXY_FROM_ENV".into(), "true".into()));
                 }

@@ -10,6 +10,7 @@ use futures_util::StreamExt;
 
 use crate::cache::{CacheKey, CachedResponse, End, Flight, Head};
 use crate::savings::TokenUsage;
+use crate::shared::LockGuard;
 use crate::startup::AppState;
 
 /// Reads the upstream body into the flight until it ends or every reader has left (which
@@ -22,6 +23,8 @@ pub async fn drive(
     storable: bool,
     head: Arc<Head>,
     state: web::Data<AppState>,
+    // Released (siblings stop waiting) when this returns, after any store.
+    _lock: Option<LockGuard>,
 ) {
     let limit = if storable {
         state.cache.max_entry_bytes()

@@ -3,6 +3,7 @@
 mod fill;
 mod ops;
 mod proxy;
+mod sibling;
 
 use actix_web::middleware::from_fn;
 use actix_web::web;

@@ -76,6 +76,8 @@ pub async fn stats(
             "l2_misses": tier.counters.l2_misses.get(),
             "errors": tier.counters.errors.get(),
             "undecodable_values": tier.counters.undecodable.get(),
+            "sibling_waits": tier.counters.sibling_waits.get(),
+            "coalesce_wait": humantime::format_duration(redis.coalesce_wait).to_string(),
             "shared_rate_limit": redis.shared_rate_limit,
         })),
         "rate_limit": config.rate_limit,
@@ -156,10 +158,15 @@ pub async fn clear_cache(
     // The shared tier's keys, and (by pub/sub) every other instance's L1.
     if let Some(tier) = &state.shared {
         let shared = tier.clear().await;
-        if shared.is_none() {
-            tracing::warn!("cache cleared here, but redis could not be cleared");
+        if !shared.complete {
+            tracing::warn!(
+                removed = shared.removed,
+                "cache cleared here, but redis could not be cleared completely"
+            );
         }
-        body["shared_cleared"] = shared.into();
+        body["shared_cleared"] = shared.removed.into();
+        body["shared_complete"] = shared.complete.into();
+        body["shared_notified"] = shared.published.into();
     }
     tracing::info!(cleared, "cache cleared");
     Ok(HttpResponse::Ok().json(body))

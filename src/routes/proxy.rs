@@ -27,6 +27,8 @@ use crate::startup::AppState;
 use crate::upstream::upstream_error;
 
 use super::fill;
+use super::sibling::{self, Sibling};
+use crate::shared::LockGuard;
 
 type UpstreamResponse = awc::ClientResponse;
 
@@ -91,8 +93,19 @@ pub async fn forward(
         };
         match role {
             Role::Leader(flight, reader) => {
+                let mut lock = None;
+                if directives.lookup && !retried {
+                    match sibling::wait_or_lock(key, &body, &flight, &state).await {
+                        Sibling::Answered(hit) => {
+                            state.cache.remember_alias(exact, key);
+                            return Ok(replay(&hit, key, &state));
+                        }
+                        Sibling::Locked(guard) => lock = Some(guard),
+                        Sibling::Alone => {}
+                    }
+                }
                 let upstream = build_upstream_request(&client, &req, &url());
-                return lead(upstream, body, flight, reader, key, forward, &state).await;
+                return lead(upstream, body, flight, reader, key, forward, lock, &state).await;
             }
             Role::Follower(mut reader) => match reader.head().await {
                 Ok(head) => {
@@ -114,7 +127,9 @@ async fn shared_lookup(key: CacheKey, state: &AppState) -> Option<Arc<CachedResp
 }
 
 /// Calls the upstream for a flight and answers the leader; a spawned driver then feeds the
-/// flight (and through it every follower) and stores the response when it completes.
+/// flight (and through it every follower) and stores the response when it completes. `lock`
+/// (siblings wait for this answer) is held until then.
+#[allow(clippy::too_many_arguments)]
 async fn lead(
     upstream: awc::ClientRequest,
     body: Bytes,
@@ -122,6 +137,7 @@ async fn lead(
     reader: Reader,
     key: CacheKey,
     forward: Forward,
+    lock: Option<LockGuard>,
     state: &web::Data<AppState>,
 ) -> Result<HttpResponse, ProxyError> {
     // Until the driver takes over, failing or being dropped (the client went away) must
@@ -179,16 +195,17 @@ async fn lead(
         storable.is_ok(),
         Arc::clone(&head),
         state.clone(),
+        lock,
     ));
     unanswered.flight = None;
     Ok(with_body(out, &head, reader))
 }
 
 /// Ends a flight as `NoResponse` when dropped while still armed.
-struct Unanswered<'a> {
-    state: &'a AppState,
-    key: CacheKey,
-    flight: Option<Arc<Flight>>,
+pub(super) struct Unanswered<'a> {
+    pub(super) state: &'a AppState,
+    pub(super) key: CacheKey,
+    pub(super) flight: Option<Arc<Flight>>,
 }
 
 impl Drop for Unanswered<'_> {

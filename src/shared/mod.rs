@@ -8,49 +8,30 @@
 //! `ConnectionManager` and server-side script support).
 
 mod breaker;
+mod clear;
 pub mod codec;
+mod conn;
+mod lock;
+mod rate_limit;
+mod tls;
 
-use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use prometheus_client::metrics::counter::Counter;
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
-use redis::cluster_async::ClusterConnection;
-use redis::{RedisFuture, Value};
 
 pub use breaker::Breaker;
+pub use clear::{CLEAR_STEP_TIMEOUT, Cleared};
+pub use lock::{Claim, LockGuard};
+pub use rate_limit::Decision;
 
-use crate::cache::{CacheKey, CacheStore, CachedResponse};
+use secrecy::ExposeSecret;
 
-/// The token bucket as a GCRA ("theoretical arrival time") in one atomic script: KEYS[1] the
-/// client's key, ARGV[1] the emission interval in ms, ARGV[2] the burst. Returns
-/// {allowed 0/1, remaining, retry after ms}. Uses the server's clock, so instances agree.
-const GCRA: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local interval = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
-local new_tat = tat + interval
-local used = new_tat - now
-local limit = interval * burst
-if used > limit then
-  return {0, 0, used - limit}
-end
-redis.call('SET', KEYS[1], new_tat, 'PX', math.max(1, math.ceil(used)))
-return {1, math.floor((limit - used) / interval), 0}
-";
-
-/// What the shared limiter decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    Allowed { remaining: u64 },
-    Refused { retry_after: Duration },
-}
+use crate::cache::{CacheKey, CachedResponse};
+use crate::config::RedisConfig;
+use conn::{Conn, Target};
 
 /// Counters of the shared tier, exported by `/metrics` and read by `/stats`.
 #[derive(Debug, Clone, Default)]
@@ -60,51 +41,8 @@ pub struct RedisCounters {
     pub errors: Counter,
     /// Values that were present but not ours (corrupt, truncated, foreign): served as misses.
     pub undecodable: Counter,
-}
-
-/// Where Redis is: one server, or a Cluster given by some of its nodes.
-enum Target {
-    Single(redis::Client),
-    Cluster {
-        client: Box<ClusterClient>,
-        /// The seed URLs, for pub/sub and for clearing each primary on its own.
-        seeds: Vec<String>,
-    },
-}
-
-/// A connection to either; both reconnect by themselves.
-#[derive(Clone)]
-enum Conn {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
-impl ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Self::Single(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Self::Single(c) => c.get_db(),
-            Self::Cluster(c) => c.get_db(),
-        }
-    }
+    /// Misses that waited for another instance's upstream call (REDIS_COALESCE_WAIT).
+    pub sibling_waits: Counter,
 }
 
 pub struct SharedTier {
@@ -112,42 +50,47 @@ pub struct SharedTier {
     conn: Mutex<Option<Conn>>,
     prefix: String,
     timeout: Duration,
+    /// REDIS_CA_FILE, for the clients opened per node (clears, pub/sub).
+    ca_pem: Option<Vec<u8>>,
     breaker: Breaker,
     gcra: redis::Script,
+    /// Deletes a coalescing lock if it is still ours.
+    release: redis::Script,
     pub counters: RedisCounters,
 }
 
 impl SharedTier {
-    /// A tier for `url`, or with `cluster` for the comma-separated seed nodes in it (not
-    /// connected yet: see [`SharedTier::connect`]).
-    pub fn new(
-        url: &str,
-        cluster: bool,
-        prefix: String,
-        timeout: Duration,
-        counters: RedisCounters,
-    ) -> redis::RedisResult<Self> {
-        let target = if cluster {
+    /// A tier for REDIS_URL (for a Cluster, the comma-separated seed nodes in it); not
+    /// connected yet: see [`SharedTier::connect`].
+    pub fn new(config: &RedisConfig, counters: RedisCounters) -> redis::RedisResult<Self> {
+        let url = config.url.expose_secret();
+        let timeout = config.timeout;
+        let ca_pem = config.ca_pem.clone();
+        let target = if config.cluster {
             let seeds: Vec<String> = url.split(',').map(|u| u.trim().to_owned()).collect();
-            let client = ClusterClient::builder(seeds.clone())
+            let mut builder = ClusterClient::builder(seeds.clone())
                 .connection_timeout(timeout.max(Duration::from_millis(500)))
                 .response_timeout(timeout)
-                .retries(1)
-                .build()?;
+                .retries(1);
+            if let Some(pem) = &ca_pem {
+                builder = builder.certs(tls::certificates(pem));
+            }
             Target::Cluster {
-                client: Box::new(client),
+                client: Box::new(builder.build()?),
                 seeds,
             }
         } else {
-            Target::Single(redis::Client::open(url)?)
+            Target::Single(Box::new(tls::client(url, ca_pem.as_deref())?))
         };
         Ok(Self {
             target,
             conn: Mutex::new(None),
-            prefix,
+            prefix: config.key_prefix.clone(),
             timeout,
+            ca_pem,
             breaker: Breaker::default(),
-            gcra: redis::Script::new(GCRA),
+            gcra: redis::Script::new(rate_limit::GCRA),
+            release: redis::Script::new(lock::RELEASE),
             counters,
         })
     }
@@ -162,7 +105,7 @@ impl SharedTier {
         loop {
             let connected = match &self.target {
                 Target::Single(client) => {
-                    ConnectionManager::new_with_config(client.clone(), config.clone())
+                    ConnectionManager::new_with_config((**client).clone(), config.clone())
                         .await
                         .map(Conn::Single)
                 }
@@ -184,35 +127,6 @@ impl SharedTier {
         }
     }
 
-    /// Drops this instance's L1 whenever any instance clears the cache. Reconnects forever.
-    pub async fn follow_clears(&self, l1: CacheStore) {
-        let channel = self.channel();
-        // A Cluster broadcasts PUBLISH to every node: any one will do; try them in turn.
-        let clients: Vec<redis::Client> = match &self.target {
-            Target::Single(client) => vec![client.clone()],
-            Target::Cluster { seeds, .. } => seeds
-                .iter()
-                .filter_map(|s| redis::Client::open(s.as_str()).ok())
-                .collect(),
-        };
-        for client in clients.iter().cycle() {
-            match client.get_async_pubsub().await {
-                Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
-                    Ok(()) => {
-                        let mut messages = pubsub.on_message();
-                        while messages.next().await.is_some() {
-                            let dropped = l1.clear().await;
-                            tracing::info!(dropped, "cache cleared by another instance");
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "redis subscribe failed"),
-                },
-                Err(e) => tracing::debug!(error = %e, "redis pub/sub unreachable"),
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    }
-
     /// Asks Redis (PING, within REDIS_TIMEOUT) whether it answers; `false` while the breaker
     /// is open or the connection is down.
     pub async fn ping(&self) -> bool {
@@ -227,6 +141,11 @@ impl SharedTier {
 
     fn key(&self, key: CacheKey) -> String {
         format!("{}{}", self.prefix, key.to_hex())
+    }
+
+    /// A client for one node's URL (a Cluster seed or primary).
+    fn client(&self, url: &str) -> redis::RedisResult<redis::Client> {
+        tls::client(url, self.ca_pem.as_deref())
     }
 
     fn channel(&self) -> String {
@@ -310,125 +229,5 @@ impl SharedTier {
             .arg(u64::try_from(left).unwrap_or(u64::MAX))
             .to_owned();
         let _: Option<()> = self.call(&cmd).await;
-    }
-
-    /// Deletes every key under the prefix without blocking Redis (SCAN + UNLINK in batches),
-    /// then tells every instance to drop its L1. Returns how many keys went, or `None` if
-    /// Redis could not be reached.
-    pub async fn clear(&self) -> Option<u64> {
-        let removed = match &self.target {
-            Target::Single(_) => {
-                let conn = self.conn.lock().expect("redis lock").clone()?;
-                self.clear_node(conn).await?
-            }
-            // SCAN sees one node's keys: clear each primary through its own connection.
-            Target::Cluster { seeds, .. } => {
-                let mut removed = 0;
-                for node in self.primaries(seeds).await? {
-                    let client = redis::Client::open(node.as_str()).ok()?;
-                    let conn = self
-                        .bounded(self.timeout, |_| async move {
-                            client.get_multiplexed_async_connection().await
-                        })
-                        .await?;
-                    removed += self.clear_node(conn).await?;
-                }
-                removed
-            }
-        };
-        let _: Option<u64> = self
-            .call(redis::cmd("PUBLISH").arg(self.channel()).arg("clear"))
-            .await;
-        Some(removed)
-    }
-
-    /// SCAN + UNLINK of the prefix's keys on one server, in batches.
-    async fn clear_node<C: ConnectionLike + Clone>(&self, conn: C) -> Option<u64> {
-        let pattern = format!("{}*", self.prefix);
-        let mut cursor: u64 = 0;
-        let mut removed = 0;
-        loop {
-            let scan = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .to_owned();
-            let mut c = conn.clone();
-            let (next, keys): (u64, Vec<String>) = self
-                .bounded(
-                    self.timeout,
-                    |_| async move { scan.query_async(&mut c).await },
-                )
-                .await?;
-            if !keys.is_empty() {
-                // One UNLINK per key, pipelined: on a Cluster node, a multi-key UNLINK of keys
-                // in different hash slots is refused (CROSSSLOT).
-                let mut unlink = redis::pipe();
-                for key in &keys {
-                    unlink.cmd("UNLINK").arg(key);
-                }
-                let mut c = conn.clone();
-                let gone: Vec<u64> = self
-                    .bounded(
-                        self.timeout,
-                        |_| async move { unlink.query_async(&mut c).await },
-                    )
-                    .await?;
-                removed += gone.iter().sum::<u64>();
-            }
-            cursor = next;
-            if cursor == 0 {
-                return Some(removed);
-            }
-        }
-    }
-
-    /// URLs of the Cluster's primaries (from CLUSTER NODES), with the seeds' credentials.
-    async fn primaries(&self, seeds: &[String]) -> Option<Vec<String>> {
-        let nodes: String = self
-            .call(&redis::cmd("CLUSTER").arg("NODES").to_owned())
-            .await?;
-        let seed = url::Url::parse(seeds.first()?).ok()?;
-        let urls = nodes
-            .lines()
-            .filter(|line| {
-                let flags = line.split(' ').nth(2).unwrap_or_default();
-                flags.split(',').any(|f| f == "master") && !flags.contains("fail")
-            })
-            .filter_map(|line| {
-                // `<id> <ip>:<port>@<bus-port>[,<hostname>] <flags> ...`
-                let addr = line.split(' ').nth(1)?.split('@').next()?;
-                let (host, port) = addr.rsplit_once(':')?;
-                let mut url = seed.clone();
-                url.set_host(Some(host.trim_start_matches('[').trim_end_matches(']')))
-                    .ok()?;
-                url.set_port(Some(port.parse().ok()?)).ok()?;
-                Some(url.to_string())
-            })
-            .collect();
-        Some(urls)
-    }
-
-    /// One request from `ip` against the shared bucket: `per_minute` with a burst of the same
-    /// size. `None` when Redis could not decide (the caller uses its local limiter).
-    pub async fn rate_limit(&self, ip: IpAddr, per_minute: u32) -> Option<Decision> {
-        let interval_ms = 60_000.0 / f64::from(per_minute.max(1));
-        let key = format!("{}rl:{ip}", self.prefix);
-        let (allowed, remaining, retry_ms): (u64, u64, u64) = self
-            .bounded(self.timeout, |mut conn| {
-                let mut invocation = self.gcra.key(key);
-                invocation.arg(interval_ms).arg(per_minute);
-                async move { invocation.invoke_async(&mut conn).await }
-            })
-            .await?;
-        Some(if allowed == 1 {
-            Decision::Allowed { remaining }
-        } else {
-            Decision::Refused {
-                retry_after: Duration::from_millis(retry_ms),
-            }
-        })
     }
 }

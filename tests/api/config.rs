@@ -74,6 +74,11 @@ async fn bad_environment_values_stop_the_process_with_exit_code_2() {
         ("REDIS_URL", "redis://:s3cr3t@a:1,redis://b:2", None),
         ("RATE_LIMIT_BACKEND", "redis", Some("redis")),
         ("REDIS_TIMEOUT", "soon", Some("soon")),
+        ("REDIS_URL", "rediss://:hunter2@cache:6380/0#insecure", None),
+        ("REDIS_CA_FILE", "/etc/hostname", Some("/etc/hostname")),
+        ("CACHE_KEY_PREFIX", "ocp v1:", Some("ocp v1:")),
+        ("CACHE_KEY_PREFIX", "ocp:*", Some("ocp:*")),
+        ("REDIS_COALESCE_WAIT", "soon", Some("soon")),
     ] {
         let out = tokio::time::timeout(
             Duration::from_secs(10),

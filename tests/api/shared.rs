@@ -3,131 +3,8 @@
 
 use std::time::Duration;
 
-use wiremock::matchers::method;
-use wiremock::{Mock, MockServer, ResponseTemplate};
-
-use crate::helpers::{CHAT_ANSWER, CHAT_BODY, client, eventually, spawn_proxy};
-use crate::redis_server::{RedisCluster, RedisServer};
-
-/// Where the shared tier lives: one server, or a three-primary Cluster.
-enum Backend {
-    Single(RedisServer),
-    Cluster(RedisCluster),
-}
-
-impl Backend {
-    async fn single() -> Self {
-        Self::Single(RedisServer::start().await)
-    }
-
-    async fn cluster() -> Self {
-        Self::Cluster(RedisCluster::start().await)
-    }
-
-    fn vars(&self) -> Vec<(&'static str, String)> {
-        match self {
-            Self::Single(r) => vec![("REDIS_URL", r.url())],
-            Self::Cluster(c) => vec![("REDIS_URL", c.url()), ("REDIS_CLUSTER", "true".into())],
-        }
-    }
-
-    fn servers(&self) -> Vec<&RedisServer> {
-        match self {
-            Self::Single(r) => vec![r],
-            Self::Cluster(c) => c.nodes.iter().collect(),
-        }
-    }
-
-    /// Every key matching `pattern`, with the server that holds it.
-    fn keys(&self, pattern: &str) -> Vec<(&RedisServer, String)> {
-        let mut all = Vec::new();
-        for server in self.servers() {
-            let mut conn = server.connection();
-            let keys: Vec<String> = redis::cmd("KEYS").arg(pattern).query(&mut conn).unwrap();
-            all.extend(keys.into_iter().map(|k| (server, k)));
-        }
-        all
-    }
-}
-
-struct Instance {
-    base: String,
-    http: reqwest::Client,
-}
-
-impl Instance {
-    /// A proxy in front of `upstream` sharing `redis`; returns once it reports Redis ok.
-    async fn start(upstream: &MockServer, redis: &Backend, extra: &[(&str, &str)]) -> Self {
-        let shared = redis.vars();
-        let mut vars: Vec<(&str, &str)> = shared.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        vars.push(("REDIS_TIMEOUT", "2s"));
-        vars.extend_from_slice(extra);
-        let me = Self {
-            base: spawn_proxy(&upstream.uri(), &vars),
-            http: client(),
-        };
-        me.until_redis("ok").await;
-        me
-    }
-
-    async fn until_redis(&self, state: &str) {
-        eventually(
-            Duration::from_secs(20),
-            &format!("redis {state}"),
-            || async {
-                let health: serde_json::Value = self
-                    .http
-                    .get(format!("{}/health", self.base))
-                    .send()
-                    .await
-                    .ok()?
-                    .json()
-                    .await
-                    .ok()?;
-                (health["redis"] == state).then_some(())
-            },
-        )
-        .await;
-    }
-
-    /// POSTs `body`; returns (status, X-Cache, body).
-    async fn post(&self, body: &str) -> (u16, String, String) {
-        let res = self
-            .http
-            .post(format!("{}/v1/chat/completions", self.base))
-            .bearer_auth("sk-shared")
-            .header("content-type", "application/json")
-            .body(body.to_owned())
-            .send()
-            .await
-            .unwrap();
-        let status = res.status().as_u16();
-        let cache = res
-            .headers()
-            .get("x-cache")
-            .map(|v| v.to_str().unwrap().to_owned())
-            .unwrap_or_default();
-        (status, cache, res.text().await.unwrap())
-    }
-
-    async fn stats(&self) -> serde_json::Value {
-        let res = self.http.get(format!("{}/stats", self.base)).send().await;
-        res.unwrap().json().await.unwrap()
-    }
-}
-
-async fn upstream() -> MockServer {
-    let upstream = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_body_raw(CHAT_ANSWER, "application/json"))
-        .mount(&upstream)
-        .await;
-    upstream
-}
-
-async fn calls(upstream: &MockServer) -> usize {
-    upstream.received_requests().await.unwrap().len()
-}
+use crate::helpers::{CHAT_ANSWER, CHAT_BODY, eventually};
+use crate::instances::{Backend, Instance, calls, upstream};
 
 #[tokio::test]
 async fn a_miss_on_one_instance_is_a_hit_on_another_and_a_clear_reaches_both() {
@@ -139,7 +16,7 @@ async fn with_a_cluster_a_miss_on_one_instance_is_a_hit_on_another_and_a_clear_r
     share_and_clear(Backend::cluster().await).await;
 }
 
-async fn share_and_clear(redis: Backend) {
+pub async fn share_and_clear(redis: Backend) {
     let upstream = upstream().await;
     let a = Instance::start(&upstream, &redis, &[]).await;
     let b = Instance::start(&upstream, &redis, &[]).await;
@@ -165,7 +42,7 @@ async fn share_and_clear(redis: Backend) {
     for n in 0..20 {
         assert_eq!(a.post(&format!(r#"{{"n":{n}}}"#)).await.1, "MISS");
     }
-    assert_eq!(redis.keys("ocp:v1:*").len(), 21);
+    assert_eq!(redis.entries("ocp:v1:").len(), 21);
 
     // A clear on A empties Redis and, through pub/sub, B's L1: the next request anywhere misses.
     let res = a
@@ -177,7 +54,7 @@ async fn share_and_clear(redis: Backend) {
     assert_eq!(res.status(), 200);
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["shared_cleared"], 21, "{body}");
-    assert_eq!(redis.keys("ocp:v1:*").len(), 0);
+    assert_eq!(redis.entries("ocp:v1:").len(), 0);
     eventually(Duration::from_secs(10), "B's L1 to be dropped", || async {
         (b.stats().await["cache"]["item_count"] == 0).then_some(())
     })
@@ -289,7 +166,7 @@ async fn corrupt_values(redis: Backend) {
     let b = Instance::start(&upstream, &redis, &[]).await;
     assert_eq!(a.post(CHAT_BODY).await.1, "MISS");
 
-    let keys = redis.keys("ocp:v1:*");
+    let keys = redis.entries("ocp:v1:");
     assert_eq!(keys.len(), 1);
     let (server, key) = &keys[0];
     assert_eq!(key.len(), "ocp:v1:".len() + 64, "prefix + SHA-256 in hex");
@@ -321,4 +198,51 @@ async fn corrupt_values(redis: Backend) {
             .unwrap();
     }
     assert_eq!(b.stats().await["redis"]["undecodable_values"], 2);
+}
+
+#[tokio::test]
+async fn a_custom_key_prefix_names_every_key_and_keeps_two_caches_apart() {
+    let redis = Backend::single().await;
+    let upstream = upstream().await;
+    let team_a = [
+        ("CACHE_KEY_PREFIX", "team-a:"),
+        ("RATE_LIMIT", "100"),
+        ("RATE_LIMIT_BACKEND", "redis"),
+    ];
+    let a = Instance::start(&upstream, &redis, &team_a).await;
+    let b = Instance::start(&upstream, &redis, &team_a).await;
+    let other = Instance::start(&upstream, &redis, &[("CACHE_KEY_PREFIX", "team-b:")]).await;
+
+    assert_eq!(a.post(CHAT_BODY).await.1, "MISS");
+    // Besides these, only a coalescing lock being released: every key is under team-a:.
+    let all: Vec<String> = redis.keys("*").into_iter().map(|(_, k)| k).collect();
+    assert!(all.iter().all(|k| k.starts_with("team-a:")), "{all:?}");
+    assert_eq!(redis.entries("team-a:").len(), 1, "{all:?}");
+    let buckets: Vec<String> = redis
+        .keys("team-a:rl:*")
+        .into_iter()
+        .map(|(_, k)| k)
+        .collect();
+    assert_eq!(
+        buckets,
+        ["team-a:rl:127.0.0.1"],
+        "the bucket, under the same prefix"
+    );
+    assert_eq!(b.post(CHAT_BODY).await.1, "HIT", "same prefix, same cache");
+    assert_eq!(
+        other.post(CHAT_BODY).await.1,
+        "MISS",
+        "another prefix, another cache"
+    );
+    assert_eq!(redis.entries("team-b:").len(), 1);
+
+    // A clear under team-a: leaves team-b's entry in Redis and its instance's L1.
+    assert_eq!(a.clear().await["shared_cleared"], 1);
+    eventually(Duration::from_secs(10), "B's L1 to be dropped", || async {
+        (b.stats().await["cache"]["item_count"] == 0).then_some(())
+    })
+    .await;
+    assert_eq!(redis.entries("team-b:").len(), 1);
+    assert_eq!(other.stats().await["cache"]["item_count"], 1);
+    assert_eq!(other.post(CHAT_BODY).await.1, "HIT");
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use bytes::Bytes;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// A throw-away certificate authority.
@@ -21,6 +21,11 @@ impl TestCa {
     pub fn new() -> Self {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        // Subject names of their own: with rcgen's default name on both, OpenSSL (redis-cli,
+        // redis-server) takes the leaf for self-signed and refuses it.
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "openai-cache-proxy test CA");
         let key = KeyPair::generate().expect("CA key");
         let issuer = CertifiedIssuer::self_signed(params, key).expect("CA certificate");
         let pem_file = tempfile::NamedTempFile::new().expect("temp file");
@@ -30,6 +35,23 @@ impl TestCa {
 
     pub fn pem_path(&self) -> PathBuf {
         self.pem_file.path().to_path_buf()
+    }
+
+    /// A server certificate for `localhost` and 127.0.0.1 signed by this CA, as PEM text:
+    /// (certificate chain, private key), for servers that read files (redis-server).
+    pub fn server_pem(&self) -> (String, String) {
+        let mut params =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .expect("leaf params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        let key = KeyPair::generate().expect("leaf key");
+        let cert = params.signed_by(&key, &self.issuer).expect("leaf signed");
+        (
+            format!("{}{}", cert.pem(), self.issuer.pem()),
+            key.serialize_pem(),
+        )
     }
 
     /// A server certificate for `localhost` and 127.0.0.1 signed by this CA.

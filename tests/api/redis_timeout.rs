@@ -1,0 +1,73 @@
+//! REDIS_TIMEOUT: a Redis that takes connections but never answers costs each request at most
+//! that long, and the proxy answers as it would without Redis (L1, upstream, local limiter).
+
+use crate::helpers::{CHAT_ANSWER, CHAT_BODY, eventually};
+use crate::instances::{Instance, calls, upstream};
+use crate::silent_redis::SilentRedis;
+use std::time::Duration;
+
+#[tokio::test]
+async fn a_redis_that_accepts_connections_and_never_answers_leaves_the_proxy_answering() {
+    silent_redis(false).await;
+}
+
+#[tokio::test]
+async fn a_redis_that_stops_answering_once_connected_is_given_up_after_redis_timeout() {
+    silent_redis(true).await;
+}
+
+async fn silent_redis(handshake: bool) {
+    let redis = SilentRedis::start(handshake).await;
+    let url = redis.url();
+    let upstream = upstream().await;
+    let proxy = Instance::spawn(
+        &upstream,
+        &[
+            ("REDIS_URL", &url),
+            ("REDIS_TIMEOUT", "50ms"),
+            ("RATE_LIMIT", "2"),
+            ("RATE_LIMIT_BACKEND", "redis"),
+        ],
+    );
+    if handshake {
+        // Connected and nothing failed yet: the next calls really go to the silent server.
+        eventually(
+            Duration::from_secs(10),
+            "the connection to open",
+            || async { (proxy.stats().await["redis"]["state"] == "ok").then_some(()) },
+        )
+        .await;
+    }
+
+    let miss = proxy.post(CHAT_BODY).await;
+    assert_eq!(miss, (200, "MISS".into(), CHAT_ANSWER.into()));
+    let hit = proxy.post(CHAT_BODY).await;
+    assert_eq!(hit, (200, "HIT".into(), CHAT_ANSWER.into()));
+    assert_eq!(calls(&upstream).await, 1);
+    // RATE_LIMIT=2 with Redis unable to decide: this instance's own limiter refuses the third.
+    assert_eq!(proxy.post(r#"{"n":3}"#).await.0, 429);
+    assert_eq!(calls(&upstream).await, 1);
+
+    let health: serde_json::Value = serde_json::from_str(&proxy.text("/health").await).unwrap();
+    assert_eq!(health["redis"], "degraded", "{health}");
+    let stats = proxy.stats().await;
+    assert!(stats["redis"]["errors"].as_u64().unwrap() > 0, "{stats}");
+    let metrics = proxy.text("/metrics").await;
+    let errors: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("proxy_redis_errors_total "))
+        .expect("proxy_redis_errors_total is exported")
+        .parse()
+        .unwrap();
+    assert!(errors > 0.0, "{metrics}");
+    if handshake {
+        // The rate limit, the L2 lookup and the store were each sent and given up on.
+        let unanswered = redis.unanswered();
+        for name in ["EVALSHA", "GET", "SET"] {
+            assert!(
+                unanswered.iter().any(|c| c == name),
+                "{name}: {unanswered:?}"
+            );
+        }
+    }
+}
