@@ -19,6 +19,9 @@ pub enum NoCacheReason {
     UpstreamNoStore,
     /// The body is larger than the per-entry limit.
     TooLarge,
+    /// No Content-Length, and neither JSON nor an event stream: nothing shows that such a
+    /// body arrived whole (awc ends a chunked body cut off by EOF as if it were complete).
+    UnverifiableEnd,
 }
 
 impl NoCacheReason {
@@ -29,6 +32,7 @@ impl NoCacheReason {
             Self::Status => "status",
             Self::UpstreamNoStore => "upstream_no_store",
             Self::TooLarge => "too_large",
+            Self::UnverifiableEnd => "unverifiable_end",
         }
     }
 }
@@ -84,6 +88,20 @@ pub fn response_policy(status: StatusCode, headers: &HeaderMap) -> Result<(), No
     }
     if has_directive(headers, &header::CACHE_CONTROL, &["no-store"]) {
         return Err(NoCacheReason::UpstreamNoStore);
+    }
+    // Without a length, only content that proves its own end may be stored: a stream's final
+    // `data: [DONE]`, or JSON that parses (both checked when the body ends).
+    if !headers.contains_key(header::CONTENT_LENGTH) {
+        let self_delimiting = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_ascii_lowercase)
+            .is_some_and(|ct| {
+                ct.starts_with("application/json") || ct.starts_with("text/event-stream")
+            });
+        if !self_delimiting {
+            return Err(NoCacheReason::UnverifiableEnd);
+        }
     }
     Ok(())
 }
@@ -197,5 +215,15 @@ mod tests {
             response_policy(StatusCode::OK, &no_store),
             Err(NoCacheReason::UpstreamNoStore)
         );
+        let chunked_binary = headers(&[("content-type", "application/octet-stream")]);
+        assert_eq!(
+            response_policy(StatusCode::OK, &chunked_binary),
+            Err(NoCacheReason::UnverifiableEnd)
+        );
+        let sized_binary = headers(&[
+            ("content-type", "application/octet-stream"),
+            ("content-length", "5"),
+        ]);
+        assert_eq!(response_policy(StatusCode::OK, &sized_binary), Ok(()));
     }
 }

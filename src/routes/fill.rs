@@ -81,8 +81,8 @@ pub async fn drive(
             }
             None if head.content_length.is_some_and(|n| n != received) => break End::Broken,
             // awc also ends a chunked body cut off by EOF this way, so completeness is checked
-            // from the content: `[DONE]` for streams, well-formed JSON for JSON. Any other
-            // body without a length cannot be checked, so it is never stored.
+            // from the content: `[DONE]` for streams, well-formed JSON for JSON (any other
+            // body without a length is not storable: `response_policy`).
             None => {
                 let body = if storable {
                     flight.recorded_body(None, limit)
@@ -99,7 +99,7 @@ pub async fn drive(
                     } else if is_json {
                         TokenUsage::of_json(&b).ok()?
                     } else {
-                        return None;
+                        None
                     };
                     Some((b, usage))
                 });

@@ -94,11 +94,17 @@ async fn a_reset_mid_body_breaks_the_answer_off_stores_nothing_and_the_proxy_kee
             SseUpstream::start(move |n| if n < 2 { script } else { Script::Complete }).await;
         let address = spawn_proxy(&upstream.url, &[]);
         for _ in 0..2 {
+            // A small JSON answer is read whole before its head goes out, so its reset comes
+            // first; a stream's head goes out at once, and the reset follows it.
+            if script == Script::ResetMidJson {
+                upstream.cut();
+            }
             let res = post(&address, "/v1/chat/completions").await;
             assert_eq!(res.status(), 200, "{script:?}");
             assert_eq!(x_cache(&res), "MISS", "{script:?}: nothing was stored");
-            // The head has reached the client; now the upstream resets the connection.
-            upstream.cut();
+            if script == Script::ResetMidStream {
+                upstream.cut();
+            }
             let body = read_all(res).await;
             assert!(body.is_err(), "{script:?}: {body:?}");
         }

@@ -46,7 +46,12 @@ pub enum Script {
     Status(u16),
     /// `large_stream(n)`: n events, then `[DONE]`.
     Large(usize),
+    /// `BINARY` as a complete chunked `application/octet-stream` body (no length).
+    ChunkedBinary,
 }
+
+/// The body of `Script::ChunkedBinary`, in two chunks.
+pub const BINARY: [&str; 2] = ["%PDF-1.7 first part ", "second part %%EOF"];
 
 /// The body of `Script::Large(n)`: the first of `EVENTS`, `n` numbered events, `[DONE]`.
 pub fn large_stream(n: usize) -> Vec<String> {
@@ -174,6 +179,15 @@ async fn serve(mut sock: TcpStream, script: Script, signals: Signals) {
                 cut.notified().await;
                 reset(sock);
             }
+            return;
+        }
+        Script::ChunkedBinary => {
+            let head = "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+            let body: String = BINARY.iter().map(|c| chunk(c)).collect();
+            let _ = sock
+                .write_all(format!("{head}{body}0\r\n\r\n").as_bytes())
+                .await;
+            let _ = sock.read(&mut buf).await;
             return;
         }
         Script::Garbage => {

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::helpers::{client, spawn_proxy, x_cache};
-use crate::sse_upstream::{EVENTS, Script, SseUpstream, large_stream, read_all};
+use crate::sse_upstream::{BINARY, EVENTS, Script, SseUpstream, large_stream, read_all};
 
 const STREAM_BODY: &str = r#"{"model":"m","stream":true,"messages":[]}"#;
 
@@ -163,4 +163,23 @@ async fn a_complete_stream_with_a_status_other_than_200_is_passed_through_but_no
         assert_eq!(x_cache(&res), expected);
         assert_eq!(read_text(res).await.unwrap(), EVENTS.concat());
     }
+}
+
+#[tokio::test]
+async fn a_chunked_body_that_cannot_prove_its_end_is_passed_through_but_never_stored() {
+    // Neither JSON nor an event stream, and no length: a cut-off copy would look complete.
+    let upstream = SseUpstream::start(|_| Script::ChunkedBinary).await;
+    let address = spawn_proxy(&upstream.url, &[]);
+    for _ in 0..2 {
+        let res = client()
+            .get(format!("{address}/v1/files/file-1/content"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(x_cache(&res), "MISS");
+        let status = res.headers()["cache-status"].to_str().unwrap().to_owned();
+        assert!(!status.contains("stored"), "{status}");
+        assert_eq!(read_all(res).await.unwrap(), BINARY.concat().as_bytes());
+    }
+    assert_eq!(upstream.calls(), 2, "nothing was stored");
 }
