@@ -199,7 +199,11 @@ pub async fn settle(
         Ok(body) => {
             if storable && body.len() as u64 <= state.cache.max_entry_bytes() {
                 let usage = TokenUsage::of_response(body, false);
-                store(state, key, head, body.clone(), usage).await;
+                // A copy of its own: `body` is usually a slice of the HTTP client's read
+                // buffer, whose whole allocation (kilobytes) would live as long as the entry
+                // (MISS-unique in `make bench` showed 300 MB of RSS for a 64 MB cache).
+                let stored = Bytes::copy_from_slice(body);
+                store(state, key, head, stored, usage).await;
             }
             (body, End::Complete)
         }
