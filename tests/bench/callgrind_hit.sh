@@ -4,9 +4,17 @@
 # build speed) in target/callgrind, runs it under valgrind behind the bench upstream, warms
 # the cache, resets the counters, sends HIT_REQUESTS identical requests and prints the
 # instructions per request plus the top inclusive costs of our own functions.
+# CALLGRIND_MODE=forward counts a forwarded request (Cache-Control: no-cache: upstream call and
+# store) instead of a HIT.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${HIT_REQUESTS:-2000}
+MODE=${CALLGRIND_MODE:-hit}
+case "$MODE" in
+  hit) extra=() ;;
+  forward) extra=(no-cache) ;;
+  *) echo "CALLGRIND_MODE must be hit or forward, got '$MODE'" >&2; exit 2 ;;
+esac
 command -v valgrind >/dev/null || { echo "valgrind not found: apt-get install valgrind" >&2; exit 1; }
 export CARGO_TARGET_DIR=target/callgrind
 CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
@@ -29,12 +37,12 @@ run() {
   local vg=$!
   for _ in $(seq 1 150); do curl -s -o /dev/null "http://127.0.0.1:$px/health" && break; sleep 0.2; done
   python3 tests/bench/hits.py "$px" 20 >/dev/null
-  [ "$1" -gt 0 ] && python3 tests/bench/hits.py "$px" "$1" >&2
+  [ "$1" -gt 0 ] && python3 tests/bench/hits.py "$px" "$1" "${extra[@]}" >&2
   kill -TERM "$vg"; wait "$vg" || true
   callgrind_annotate "$out/cg.$1" | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1}'
 }
 base=$(run 0)
 with=$(run "$N")
-echo "instructions per HIT: $(( (with - base) / N )) (callgrind, $N requests, difference of two runs)"
+echo "instructions per ${MODE^^}: $(( (with - base) / N )) (callgrind, $N requests, difference of two runs)"
 callgrind_annotate --inclusive=yes "$out/cg.$N" | grep -E 'openai_cache_proxy::' | head -15 \
   | sed -E 's|/root/.cargo/registry/src/[^/]+/||; s| \[.*||' | cut -c1-150
