@@ -5,7 +5,8 @@
 # Scenarios: HIT, HIT-large, FORWARD (64 connections and 1), MISS-unique, STREAM, start-up; each
 # after a functional check, targets interleaved round by round. Prints a Markdown table and ratios.
 # Env: BENCH_SECONDS (per wrk run, default 5), BENCH_ROUNDS (interleaved rounds, default 3, min 2),
-# BENCH_STREAM_REQUESTS (streamed requests, half DIRECT and half PROXY, default 200, min 2),
+# BENCH_STREAM_REQUESTS (streamed requests, half DIRECT and half PROXY misses, each miss then
+# replayed as a HIT, default 200, min 2),
 # BENCH_STARTS (proxy start-ups timed, default 5).
 set -euo pipefail
 
@@ -422,15 +423,16 @@ stop "$L2_PID"
 stop "$L2W_PID"
 stop "$REDIS_PID"
 
-# STREAM: time to first SSE byte, DIRECT and PROXY alternating; every body is unique.
+# STREAM: time to first SSE byte, DIRECT and PROXY alternating; every body is unique, so each
+# PROXY request is a cacheable miss (recorded and stored), and its replay right after a HIT.
 check_stream
-say "STREAM: $STREAM_REQUESTS streamed requests, alternating DIRECT/PROXY, ~0.1 s each"
+say "STREAM: $STREAM_REQUESTS streamed requests, alternating DIRECT/PROXY (each PROXY one then replayed as a HIT), ~0.1 s each"
 before="$(upstream_count)"
 sent="$(timeout $((STREAM_REQUESTS + 60)) python3 "$B/stream_ttfb.py" "$UPSTREAM_PORT" "$PROXY_PORT" \
     "$STREAM_REQUESTS" "$WORK/stream-direct.b" "$WORK/stream")" || die "stream TTFB client failed (see above)"
 after="$(upstream_count)"
 [[ $((after - before)) -eq "$sent" ]] ||
-    die "upstream served $((after - before)) of $sent streamed requests: some did not reach it"
+    die "upstream served $((after - before)) of $sent streamed misses: some did not reach it, or a HIT did"
 
 # Start-up: spawn to first answered GET /health, and idle RSS, over fresh processes.
 say "start-up: $STARTS fresh proxy processes"

@@ -1,9 +1,13 @@
 """Streamed-completion TTFB for run.sh: DIRECT and PROXY requests alternate, one sample a line.
 
 Usage: stream_ttfb.py UPSTREAM_PORT PROXY_PORT REQUESTS EXPECTED_BODY_FILE SAMPLES_OUT
-Each sample line is `TARGET TTFB_MS HEADERS_MS`: from just before connecting to the first byte
-of the first SSE event, and to the end of the response head. Prints the number of requests sent
-(warm-up included) on stdout; exits non-zero on any unexpected status, content type or body.
+REQUESTS streams reach the upstream, half DIRECT and half PROXY. Each PROXY request has a body
+of its own, so it is a cacheable MISS (relayed live, recorded, stored); right after it the same
+body is sent again (PROXY-HIT: replayed from the cache). Each sample line is
+`TARGET TTFB_MS HEADERS_MS`: from just before connecting to the first byte of the first SSE
+event, and to the end of the response head. Prints the number of requests that reached the
+upstream (warm-up included) on stdout; exits non-zero on any unexpected status, content type,
+cache status or body.
 """
 
 import http.client
@@ -25,9 +29,6 @@ def fetch(port, body):
             "Content-Type": "application/json",
             "Authorization": "Bearer sk-bench",
             "Accept": "text/event-stream",
-            # Every body is unique anyway; no-store also keeps the stream cache from recording
-            # it (BYPASS), so this measures pass-through alone.
-            "Cache-Control": "no-store",
         },
     )
     resp = conn.getresponse()
@@ -39,33 +40,39 @@ def fetch(port, body):
     return resp, data, (first_at - start) * 1000, (head - start) * 1000
 
 
+def check(target, i, resp, data, expected, cache):
+    ctype = resp.getheader("content-type", "")
+    if resp.status != 200 or not ctype.startswith("text/event-stream"):
+        sys.exit(f"{target} request {i}: status {resp.status}, content-type '{ctype}'")
+    if cache is not None and resp.getheader("x-cache", "") != cache:
+        sys.exit(f"{target} request {i}: x-cache '{resp.getheader('x-cache', '')}', not {cache}")
+    if data != expected:
+        sys.exit(
+            f"{target} request {i}: body ({len(data)} B) differs from"
+            f" the functional check's ({len(expected)} B)"
+        )
+
+
 def main():
     upstream_port, proxy_port, requests = (int(a) for a in sys.argv[1:4])
     expected = open(sys.argv[4], "rb").read()
     out = open(sys.argv[5], "w")
     nonce = uuid.uuid4().hex
-    targets = (("DIRECT", upstream_port), ("PROXY", proxy_port))
+    targets = (("DIRECT", upstream_port, None), ("PROXY", proxy_port, "MISS"))
     sent = 0
     for i in range(2 * WARMUP_PAIRS + requests):
-        target, port = targets[i % 2]
+        target, port, cache = targets[i % 2]
         body = (
             '{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user",'
             f'"content":"bench stream {nonce} {i}"}}]}}'
-        )
-        resp, data, ttfb, headers = fetch(port, body.encode())
+        ).encode()
+        samples = [(target, cache)] + ([("PROXY-HIT", "HIT")] if target == "PROXY" else [])
+        for name, want in samples:
+            resp, data, ttfb, headers = fetch(port, body)
+            check(name, i, resp, data, expected, want)
+            if i >= 2 * WARMUP_PAIRS:
+                out.write(f"{name} {ttfb:.6f} {headers:.6f}\n")
         sent += 1
-        ctype = resp.getheader("content-type", "")
-        if resp.status != 200 or not ctype.startswith("text/event-stream"):
-            sys.exit(f"{target} request {i}: status {resp.status}, content-type '{ctype}'")
-        if resp.getheader("x-cache", "") == "HIT":
-            sys.exit(f"{target} request {i}: x-cache: HIT for a unique body")
-        if data != expected:
-            sys.exit(
-                f"{target} request {i}: body ({len(data)} B) differs from"
-                f" the functional check's ({len(expected)} B)"
-            )
-        if i >= 2 * WARMUP_PAIRS:
-            out.write(f"{target} {ttfb:.6f} {headers:.6f}\n")
     out.close()
     print(sent)
 
