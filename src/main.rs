@@ -5,12 +5,6 @@ use std::process::ExitCode;
 
 use openai_cache_proxy::{Application, Config, healthcheck, telemetry};
 
-/// mimalloc instead of glibc's malloc: a proxy allocates and frees many small buffers per
-/// request (headers, bodies, futures), and glibc's allocator was a tenth of the CPU time of
-/// a forwarded request (`make bench`, perf).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[actix_web::main]
 async fn main() -> ExitCode {
     let command = std::env::args().nth(1);
