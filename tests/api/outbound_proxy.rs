@@ -9,7 +9,7 @@ use crate::helpers::{
     CHAT_BODY, assert_openai_error, client, closed_port, eventually, spawn_proxy, x_cache,
 };
 use crate::tinyproxy::{PROXY_PASSWORD, PROXY_USER, Tinyproxy};
-use crate::tls_upstream::{SSE_EVENTS, TestCa, start_tls_upstream};
+use crate::tls_upstream::{SSE_EVENTS, TestCa, start_tls_upstream, start_tls_upstream_named};
 
 async fn post(address: &str, body: &str) -> reqwest::Response {
     client()
@@ -146,6 +146,45 @@ async fn a_wrong_proxy_password_gives_502_naming_the_proxys_status() {
         assert!(!message.contains("wrong-password"), "{message}");
     }
     assert_eq!(upstream.received_requests().await.unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn a_proxy_that_forbids_the_tunnel_gives_502_naming_403() {
+    let upstream = MockServer::start().await;
+    // tinyproxy serves only another address, so it answers our CONNECT with 403.
+    let tinyproxy = Tinyproxy::start_allowing(false, "10.255.255.1").await;
+    let address = spawn_proxy(&upstream.uri(), &[("PROXY_URL", &tinyproxy.url(None))]);
+    let res = post(&address, CHAT_BODY).await;
+    let body = assert_openai_error(res, 502, "outbound_proxy_rejected").await;
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("rejected the tunnel") && message.contains("403"),
+        "{message}"
+    );
+    assert_eq!(upstream.received_requests().await.unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn a_trusted_certificate_for_another_name_gives_502() {
+    let ca = TestCa::new();
+    // Signed by the trusted CA, but for another host than the one the proxy connects to.
+    let upstream = start_tls_upstream_named(&ca, &["upstream.example"]);
+    let tinyproxy = Tinyproxy::start(false).await;
+    let ca_file = ca.pem_path();
+    let ca_file = ca_file.to_str().unwrap();
+    let proxy_url = tinyproxy.url(None);
+    for vars in [
+        vec![("EXTRA_CA_FILE", ca_file)],
+        vec![
+            ("EXTRA_CA_FILE", ca_file),
+            ("PROXY_URL", proxy_url.as_str()),
+        ],
+    ] {
+        let address = spawn_proxy(&upstream.url, &vars);
+        let res = post(&address, CHAT_BODY).await;
+        assert_openai_error(res, 502, "upstream_tls_verification_failed").await;
+    }
+    assert_eq!(upstream.calls(), 0);
 }
 
 #[tokio::test]

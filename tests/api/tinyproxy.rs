@@ -18,6 +18,11 @@ impl Tinyproxy {
     /// Starts tinyproxy, with BasicAuth `PROXY_USER`/`PROXY_PASSWORD` when `auth` is set.
     /// Fails with a clear message when tinyproxy is not installed.
     pub async fn start(auth: bool) -> Self {
+        Self::start_allowing(auth, "127.0.0.1").await
+    }
+
+    /// Like `start`, but tinyproxy serves only clients from `allow` (others get 403).
+    pub async fn start_allowing(auth: bool, allow: &str) -> Self {
         let binary = ["/usr/bin/tinyproxy", "/usr/sbin/tinyproxy"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())
@@ -29,7 +34,7 @@ impl Tinyproxy {
         let log = dir.path().join("tinyproxy.log");
         let mut conf = format!(
             "Port {port}\nListen 127.0.0.1\nTimeout 600\nLogFile \"{}\"\nLogLevel Connect\n\
-             MaxClients 100\nAllow 127.0.0.1\nDisableViaHeader Yes\n",
+             MaxClients 100\nAllow {allow}\nDisableViaHeader Yes\n",
             log.display()
         );
         if auth {

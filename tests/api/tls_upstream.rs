@@ -54,10 +54,13 @@ impl TestCa {
         )
     }
 
-    /// A server certificate for `localhost` and 127.0.0.1 signed by this CA.
-    fn server_cert(&self) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-        let params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-            .expect("leaf params");
+    /// A server certificate for `names` signed by this CA.
+    fn server_cert(
+        &self,
+        names: &[&str],
+    ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+        let names = names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>();
+        let params = CertificateParams::new(names).expect("leaf params");
         let key = KeyPair::generate().expect("leaf key");
         let cert = params.signed_by(&key, &self.issuer).expect("leaf signed");
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
@@ -91,10 +94,17 @@ pub const SSE_EVENTS: [&str; 3] = [
     "data: [DONE]\n\n",
 ];
 
-/// Starts the HTTPS upstream. It answers JSON bodies with an echo of the request body, and a
-/// body containing `"stream":true` with three SSE events 50 ms apart.
+/// Starts the HTTPS upstream, its certificate for `localhost` and 127.0.0.1. It answers JSON
+/// bodies with an echo of the request body, and a body containing `"stream":true` with three
+/// SSE events 50 ms apart.
 pub fn start_tls_upstream(ca: &TestCa) -> TlsUpstream {
-    let (chain, key) = ca.server_cert();
+    start_tls_upstream_named(ca, &["localhost", "127.0.0.1"])
+}
+
+/// Like `start_tls_upstream`, with a certificate for `names` only (still reached as
+/// `https://localhost:<port>`).
+pub fn start_tls_upstream_named(ca: &TestCa, names: &[&str]) -> TlsUpstream {
+    let (chain, key) = ca.server_cert(names);
     let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
