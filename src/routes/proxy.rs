@@ -126,9 +126,10 @@ async fn shared_lookup(key: CacheKey, state: &AppState) -> Option<Arc<CachedResp
     Some(state.cache.fill(key, entry).await)
 }
 
-/// Calls the upstream for a flight and answers the leader; a spawned driver then feeds the
-/// flight (and through it every follower) and stores the response when it completes. `lock`
-/// (siblings wait for this answer) is held until then.
+/// Calls the upstream for a flight and answers the leader. A small known-length answer is read
+/// whole here, stored and handed to the followers (`fill::settle`); any other body is fed to
+/// the flight (and through it every follower) by a spawned driver, which stores it when it
+/// completes. `lock` (siblings wait for this answer) is held until the store.
 #[allow(clippy::too_many_arguments)]
 async fn lead(
     upstream: awc::ClientRequest,
