@@ -16,7 +16,7 @@ use crate::savings::TokenUsage;
 
 pub use flight::{End, Flight, Flights, Head, Reader, Role, broken_off};
 pub use key::{CacheKey, KEY_HEADERS, KeyHasher};
-pub use policy::{Directives, NoCacheReason, request_policy, response_policy};
+pub use policy::{BodyKind, Directives, NoCacheReason, request_policy, response_policy};
 pub use store::CacheStore;
 
 /// A complete upstream response as it was received, replayed byte for byte on a hit.

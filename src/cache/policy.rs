@@ -91,19 +91,40 @@ pub fn response_policy(status: StatusCode, headers: &HeaderMap) -> Result<(), No
     }
     // Without a length, only content that proves its own end may be stored: a stream's final
     // `data: [DONE]`, or JSON that parses (both checked when the body ends).
-    if !headers.contains_key(header::CONTENT_LENGTH) {
-        let self_delimiting = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_ascii_lowercase)
-            .is_some_and(|ct| {
-                ct.starts_with("application/json") || ct.starts_with("text/event-stream")
-            });
-        if !self_delimiting {
-            return Err(NoCacheReason::UnverifiableEnd);
-        }
+    if !headers.contains_key(header::CONTENT_LENGTH) && BodyKind::of(headers) == BodyKind::Other {
+        return Err(NoCacheReason::UnverifiableEnd);
     }
     Ok(())
+}
+
+/// What a response body is, by its `Content-Type`: it decides how the body is relayed and
+/// how its completeness is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// `text/event-stream`: relayed as it comes; complete with its final `data: [DONE]`.
+    EventStream,
+    /// `application/json`: complete when it parses.
+    Json,
+    Other,
+}
+
+impl BodyKind {
+    pub fn of(headers: &HeaderMap) -> Self {
+        let Some(ct) = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return Self::Other;
+        };
+        let ct = ct.trim_start().to_ascii_lowercase();
+        if ct.starts_with("text/event-stream") {
+            Self::EventStream
+        } else if ct.starts_with("application/json") {
+            Self::Json
+        } else {
+            Self::Other
+        }
+    }
 }
 
 /// `(lower-case name, value)` of each comma-separated directive in `name`'s values.

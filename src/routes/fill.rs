@@ -8,7 +8,7 @@ use actix_web::web;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
-use crate::cache::{CacheKey, CachedResponse, End, Flight, Head};
+use crate::cache::{BodyKind, CacheKey, CachedResponse, End, Flight, Head};
 use crate::savings::TokenUsage;
 use crate::shared::LockGuard;
 use crate::startup::AppState;
@@ -31,14 +31,9 @@ pub async fn drive(
     } else {
         0
     };
-    let content_type = head
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_ascii_lowercase)
-        .unwrap_or_default();
-    let is_event_stream = content_type.starts_with("text/event-stream");
-    let is_json = content_type.starts_with("application/json");
+    let kind = BodyKind::of(&head.headers);
+    let is_event_stream = kind == BodyKind::EventStream;
+    let is_json = kind == BodyKind::Json;
     let idle = state.config.upstream_idle_timeout;
     let mut received = 0u64;
     let end = loop {
@@ -124,16 +119,7 @@ const WHOLE_BODY_BYTES: u64 = 256 * 1024;
 /// event stream, which is relayed as it comes).
 pub fn whole_length(head: &Head) -> Option<u64> {
     let len = head.content_length.filter(|&n| n <= WHOLE_BODY_BYTES)?;
-    let stream = head
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("text/event-stream")
-        });
-    (!stream).then_some(len)
+    (BodyKind::of(&head.headers) != BodyKind::EventStream).then_some(len)
 }
 
 /// Reads a body of `len` bytes whole, each chunk within `idle`. `Err` holds what arrived
