@@ -5,7 +5,8 @@
 # the cache, resets the counters, sends HIT_REQUESTS identical requests and prints the
 # instructions per request plus the top inclusive costs of our own functions.
 # CALLGRIND_MODE=forward counts a forwarded request (Cache-Control: no-cache: upstream call and
-# store) instead of a HIT.
+# store) instead of a HIT; CALLGRIND_MODE=ceiling counts the same requests answered by the bare
+# actix-web handler of `make bench` (CEILING), the floor a HIT is compared with.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${HIT_REQUESTS:-2000}
@@ -13,7 +14,8 @@ MODE=${CALLGRIND_MODE:-hit}
 case "$MODE" in
   hit) extra=() ;;
   forward) extra=(no-cache) ;;
-  *) echo "CALLGRIND_MODE must be hit or forward, got '$MODE'" >&2; exit 2 ;;
+  ceiling) extra=() ;;
+  *) echo "CALLGRIND_MODE must be hit, forward or ceiling, got '$MODE'" >&2; exit 2 ;;
 esac
 command -v valgrind >/dev/null || { echo "valgrind not found: apt-get install valgrind" >&2; exit 1; }
 export CARGO_TARGET_DIR=target/callgrind
@@ -25,14 +27,16 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 out=$(mktemp -d)
 up=$(free_port)
 PORT=$up "$bin/examples/bench-upstream" >/dev/null 2>&1 & up_pid=$!
-trap 'kill $up_pid 2>/dev/null || true' EXIT
+trap 'kill $up_pid 2>/dev/null || true; rm -rf "$out"' EXIT
 
 # One run under callgrind: start, warm with 20 requests, send $1 more, stop with SIGTERM (a
 # clean exit writes the profile). The difference of two runs is the cost of the extra hits.
 run() {
   local px; px=$(free_port)
+  local target=$bin/openai-cache-proxy
+  [ "$MODE" = ceiling ] && target=$bin/examples/bench-upstream
   env -i PORT="$px" HOST=127.0.0.1 OPENAI_API_URL="http://127.0.0.1:$up" RATE_LIMIT=0 RUST_LOG=warn \
-    CACHE_TTL=1h valgrind --tool=callgrind --callgrind-out-file="$out/cg.$1" "$bin/openai-cache-proxy" \
+    CACHE_TTL=1h valgrind --tool=callgrind --callgrind-out-file="$out/cg.$1" "$target" \
     >"$out/proxy.$1.log" 2>&1 &
   local vg=$!
   for _ in $(seq 1 150); do curl -s -o /dev/null "http://127.0.0.1:$px/health" && break; sleep 0.2; done
@@ -44,5 +48,6 @@ run() {
 base=$(run 0)
 with=$(run "$N")
 echo "instructions per ${MODE^^}: $(( (with - base) / N )) (callgrind, $N requests, difference of two runs)"
+[ "$MODE" = ceiling ] && exit 0
 callgrind_annotate --inclusive=yes "$out/cg.$N" | grep -E 'openai_cache_proxy::' | head -15 \
   | sed -E 's|/root/.cargo/registry/src/[^/]+/||; s| \[.*||' | cut -c1-150
