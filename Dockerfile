@@ -11,6 +11,10 @@ ARG RUNTIME_BASE=debian:bookworm-slim
 ARG BINARY_STAGE=build
 
 FROM rust:1.95-slim-bookworm AS build
+# The slim image has gcc but not make, which jemalloc's C build (tikv-jemalloc-sys) runs.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends make=4.3-4.1 \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Dependencies first, so source edits do not rebuild them.
 COPY Cargo.toml Cargo.lock ./

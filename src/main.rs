@@ -5,6 +5,12 @@ use std::process::ExitCode;
 
 use openai_cache_proxy::{Application, Config, healthcheck, telemetry};
 
+/// jemalloc instead of glibc malloc: less CPU per request, and freed memory goes back to the
+/// system (a background thread purges pages left unused for jemalloc's decay time, 10 s by
+/// default) instead of staying in glibc's per-thread arenas. Measured in the README.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[actix_web::main]
 async fn main() -> ExitCode {
     let command = std::env::args().nth(1);
