@@ -180,8 +180,24 @@ pub struct ModelSavings {
     pub prompt: Counter,
     pub completion: Counter,
     pub total: Counter,
-    /// Present when PRICE_TABLE prices this model.
-    pub usd: Option<Counter<f64, AtomicU64>>,
+    /// Present when PRICE_TABLE prices this model, with the price it was given.
+    pub usd: Option<(Counter<f64, AtomicU64>, Price)>,
+}
+
+impl ModelSavings {
+    fn add(&self, usage: &TokenUsage) {
+        self.requests.inc();
+        self.prompt.inc_by(usage.prompt);
+        self.completion.inc_by(usage.completion);
+        self.total.inc_by(usage.total);
+        if let Some((usd, price)) = &self.usd {
+            usd.inc_by(
+                (usage.prompt as f64 * price.input_per_million
+                    + usage.completion as f64 * price.output_per_million)
+                    / 1e6,
+            );
+        }
+    }
 }
 
 /// Per-model savings of cache hits that carried usage.
@@ -226,19 +242,12 @@ impl Savings {
         );
     }
 
-    /// Adds one hit's worth of `usage`.
+    /// Adds one hit's worth of `usage`. A hit on a model seen before counts under the map's
+    /// read guard: no counter handles are cloned and no price is looked up.
     pub fn record_hit(&self, usage: &TokenUsage) {
-        let m = self.model(&usage.model);
-        m.requests.inc();
-        m.prompt.inc_by(usage.prompt);
-        m.completion.inc_by(usage.completion);
-        m.total.inc_by(usage.total);
-        if let (Some(usd), Some(price)) = (&m.usd, self.prices.price(&usage.model)) {
-            usd.inc_by(
-                (usage.prompt as f64 * price.input_per_million
-                    + usage.completion as f64 * price.output_per_million)
-                    / 1e6,
-            );
+        match self.models.get(usage.model.as_ref()) {
+            Some(m) => m.add(usage),
+            None => self.model(&usage.model).add(usage),
         }
     }
 
@@ -272,7 +281,7 @@ impl Savings {
                     usd: self
                         .prices
                         .price(&name)
-                        .map(|_| self.usd.get_or_create_owned(&label)),
+                        .map(|price| (self.usd.get_or_create_owned(&label), price)),
                 }
             })
             .clone()

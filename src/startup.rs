@@ -95,6 +95,7 @@ impl Application {
             "openai-cache-proxy listening"
         );
         let workers = state.config.workers;
+        let rate_limited = state.limiter.is_some();
         let mut server = HttpServer::new(move || {
             let client = build_client(
                 &state.config,
@@ -104,7 +105,7 @@ impl Application {
             App::new()
                 .app_data(state.clone())
                 .app_data(web::Data::new(client))
-                .configure(routes::configure)
+                .configure(|cfg| routes::configure(cfg, rate_limited))
                 .default_service(web::to(not_found))
                 .wrap(from_fn(access_log))
                 .wrap(TracingLogger::<RequestSpan>::new())

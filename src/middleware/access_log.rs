@@ -7,12 +7,13 @@ use std::time::Instant;
 
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::Method;
 use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::{Method, Uri};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, web};
 use bytes::Bytes;
 use tracing_actix_web::RequestId;
+use uuid::Uuid;
 
 use crate::cache::{CacheKey, CacheStatus, NoCacheReason};
 use crate::client_ip::client_ip;
@@ -48,21 +49,25 @@ pub async fn access_log(
         req.headers(),
         &state.config.trusted_proxies,
     );
-    req.extensions_mut().insert(ClientIp(ip));
-    let request_id = incoming_request_id(&req).unwrap_or_else(|| {
-        req.extensions()
-            .get::<RequestId>()
-            .map(ToString::to_string)
-            .unwrap_or_default()
+    // For the rate limiter only.
+    if state.limiter.is_some() {
+        req.extensions_mut().insert(ClientIp(ip));
+    }
+    let request_id = incoming_request_id(&req).or_else(|| {
+        let id = *req.extensions().get::<RequestId>()?;
+        let mut buf = Uuid::encode_buffer();
+        HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf)).ok()
     });
     let method = req.method().clone();
-    // The path only: a query string may carry anything a client chose to put there.
-    let path = req.path().to_owned();
+    // The URI shares the request's buffer; only its path is logged (a query string may carry
+    // anything a client chose to put there).
+    let uri = req.uri().clone();
 
     let mut res = next.call(req).await?;
 
     let outcome = res.response().extensions().get::<RequestOutcome>().copied();
     let status = res.status().as_u16();
+    let path = uri.path();
     if path.starts_with("/v1/") || path == "/v1" {
         state
             .metrics
@@ -73,15 +78,15 @@ pub async fn access_log(
         HeaderName::from_static(X_PROXY),
         HeaderValue::from_static(PROXY_ID),
     );
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        headers.insert(HeaderName::from_static(X_REQUEST_ID), v);
+    if let Some(v) = &request_id {
+        headers.insert(HeaderName::from_static(X_REQUEST_ID), v.clone());
     }
     let line = LogLine {
         started,
         request_id,
         ip,
         method,
-        path,
+        uri,
         status,
         outcome,
     };
@@ -96,10 +101,10 @@ pub async fn access_log(
 /// This request's log line, written when its body has been sent (or abandoned).
 struct LogLine {
     started: Instant,
-    request_id: String,
+    request_id: Option<HeaderValue>,
     ip: IpAddr,
     method: Method,
-    path: String,
+    uri: Uri,
     status: u16,
     outcome: Option<RequestOutcome>,
 }
@@ -109,10 +114,10 @@ impl LogLine {
         let o = self.outcome;
         let ms = |d: f64| (d * 1000.0).round() / 1000.0;
         tracing::info!(
-            request_id = %self.request_id,
+            request_id = self.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or_default(),
             client_ip = %self.ip,
             method = %self.method,
-            path = %self.path,
+            path = self.uri.path(),
             status = self.status,
             cache = o.map(|o| o.cache.as_str()),
             no_cache_reason = o.and_then(|o| o.reason).map(NoCacheReason::as_str),
@@ -176,11 +181,12 @@ impl<B: MessageBody> MessageBody for LoggedBody<B> {
 }
 
 /// A client-supplied `X-Request-Id`, if it is short and harmless enough to echo and log.
-fn incoming_request_id(req: &ServiceRequest) -> Option<String> {
-    let v = req.headers().get(X_REQUEST_ID)?.to_str().ok()?;
-    let ok = !v.is_empty()
-        && v.len() <= 128
-        && v.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
-    ok.then(|| v.to_owned())
+fn incoming_request_id(req: &ServiceRequest) -> Option<HeaderValue> {
+    let v = req.headers().get(X_REQUEST_ID)?;
+    let b = v.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= 128
+        && b.iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b));
+    ok.then(|| v.clone())
 }

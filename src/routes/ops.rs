@@ -101,7 +101,7 @@ fn savings(m: &Metrics) -> serde_json::Value {
         prompt += s.prompt.get();
         completion += s.completion.get();
         total += s.total.get();
-        let model_usd = s.usd.as_ref().map(|c| c.get());
+        let model_usd = s.usd.as_ref().map(|(c, _)| c.get());
         usd += model_usd.unwrap_or(0.0);
         by_model.insert(
             model.to_string(),
