@@ -385,7 +385,7 @@ data: [DONE]\n\n";
             (m.requests.get(), m.prompt.get(), m.total.get()),
             (2, 2_000_000, 3_000_000)
         );
-        let usd = m.usd.as_ref().unwrap().get();
+        let usd = m.usd.as_ref().unwrap().0.get();
         assert!((usd - 2.0 * (0.15 + 0.30)).abs() < 1e-9, "{usd}");
         for i in 0..(MAX_MODELS + 10) {
             s.record_hit(&TokenUsage {
