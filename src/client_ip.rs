@@ -19,7 +19,7 @@ pub fn client_ip(peer: Option<SocketAddr>, headers: &HeaderMap, trusted: &[IpNet
         return current;
     }
     let entries: Vec<&str> = headers
-        .get_all(X_FORWARDED_FOR)
+        .get_all(&X_FORWARDED_FOR)
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)

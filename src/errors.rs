@@ -93,8 +93,8 @@ impl ResponseError for ProxyError {
                 // obeys it is admitted.
                 let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
                 res.insert_header((header::RETRY_AFTER, secs.max(1)));
-                res.insert_header((crate::headers::RATE_LIMIT_LIMIT, *limit));
-                res.insert_header((crate::headers::RATE_LIMIT_REMAINING, 0));
+                res.insert_header((crate::headers::RATE_LIMIT_LIMIT.clone(), *limit));
+                res.insert_header((crate::headers::RATE_LIMIT_REMAINING.clone(), 0));
             }
             Self::Unauthorized => {
                 res.insert_header((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));

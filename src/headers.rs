@@ -2,15 +2,17 @@
 
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-pub const X_CACHE: &str = "x-cache";
-pub const X_CACHE_TIMESTAMP: &str = "x-cache-timestamp";
-pub const X_CACHE_KEY: &str = "x-cache-key";
-pub const CACHE_STATUS: &str = "cache-status";
-pub const X_PROXY: &str = "x-proxy";
-pub const X_REQUEST_ID: &str = "x-request-id";
-pub const X_FORWARDED_FOR: &str = "x-forwarded-for";
-pub const RATE_LIMIT_LIMIT: &str = "x-ratelimit-limit";
-pub const RATE_LIMIT_REMAINING: &str = "x-ratelimit-remaining";
+// Ready-made names (the hit path inserts five of them per answer): `from_static` run at
+// start-up would check the name against the standard table and its characters every time.
+pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
+pub static X_CACHE_TIMESTAMP: HeaderName = HeaderName::from_static("x-cache-timestamp");
+pub static X_CACHE_KEY: HeaderName = HeaderName::from_static("x-cache-key");
+pub static CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+pub static X_PROXY: HeaderName = HeaderName::from_static("x-proxy");
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static RATE_LIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+pub static RATE_LIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 
 /// `X-Proxy` value on every response.
 pub const PROXY_ID: &str = concat!("openai-cache-proxy/", env!("CARGO_PKG_VERSION"));

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use actix_web::body::{BodySize, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::header::HeaderValue;
 use actix_web::http::{Method, Uri};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, web};
@@ -74,12 +74,9 @@ pub async fn access_log(
             .record_request(outcome.map(|o| o.cache), status);
     }
     let headers = res.headers_mut();
-    headers.insert(
-        HeaderName::from_static(X_PROXY),
-        HeaderValue::from_static(PROXY_ID),
-    );
+    headers.insert(X_PROXY.clone(), HeaderValue::from_static(PROXY_ID));
     if let Some(v) = &request_id {
-        headers.insert(HeaderName::from_static(X_REQUEST_ID), v.clone());
+        headers.insert(X_REQUEST_ID.clone(), v.clone());
     }
     let line = LogLine {
         started,
@@ -182,7 +179,7 @@ impl<B: MessageBody> MessageBody for LoggedBody<B> {
 
 /// A client-supplied `X-Request-Id`, if it is short and harmless enough to echo and log.
 fn incoming_request_id(req: &ServiceRequest) -> Option<HeaderValue> {
-    let v = req.headers().get(X_REQUEST_ID)?;
+    let v = req.headers().get(&X_REQUEST_ID)?;
     let b = v.as_bytes();
     let ok = !b.is_empty()
         && b.len() <= 128

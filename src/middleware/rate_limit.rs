@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::HeaderName;
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, web};
 use governor::clock::{Clock, DefaultClock};
@@ -99,11 +98,8 @@ pub async fn rate_limit(
         Ok(remaining) => {
             let mut res = next.call(req).await?;
             let h = res.headers_mut();
-            h.insert(HeaderName::from_static(RATE_LIMIT_LIMIT), limit.into());
-            h.insert(
-                HeaderName::from_static(RATE_LIMIT_REMAINING),
-                remaining.into(),
-            );
+            h.insert(RATE_LIMIT_LIMIT.clone(), limit.into());
+            h.insert(RATE_LIMIT_REMAINING.clone(), remaining.into());
             Ok(res.map_into_left_body())
         }
         Err(retry_after) => {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::body::{BodyStream, SizedStream};
 use actix_web::http::StatusCode;
-use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::header::{self, HeaderMap, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, web};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -227,14 +227,14 @@ fn build_upstream_request(
 ) -> awc::ClientRequest {
     let mut upstream = client.request(req.method().clone(), url).no_decompress();
     for (name, value) in end_to_end(req.headers()) {
-        if name != X_FORWARDED_FOR {
+        if *name != X_FORWARDED_FOR {
             upstream = upstream.append_header((name.clone(), value.clone()));
         }
     }
     if let Some(peer) = req.peer_addr() {
         let prior: Vec<&str> = req
             .headers()
-            .get_all(X_FORWARDED_FOR)
+            .get_all(&X_FORWARDED_FOR)
             .filter_map(|v| v.to_str().ok())
             .collect();
         let peer = peer.ip().to_canonical().to_string();
@@ -243,7 +243,7 @@ fn build_upstream_request(
         } else {
             format!("{}, {peer}", prior.join(", "))
         };
-        upstream = upstream.insert_header((X_FORWARDED_FOR, xff));
+        upstream = upstream.insert_header((X_FORWARDED_FOR.clone(), xff));
     }
     upstream
 }
@@ -312,12 +312,9 @@ fn relay(
     for (name, value) in end_to_end(res.headers()) {
         out.append_header((name.clone(), value.clone()));
     }
+    out.insert_header((X_CACHE.clone(), CacheStatus::Bypass.as_str()));
     out.insert_header((
-        HeaderName::from_static(X_CACHE),
-        CacheStatus::Bypass.as_str(),
-    ));
-    out.insert_header((
-        HeaderName::from_static(CACHE_STATUS),
+        CACHE_STATUS.clone(),
         cache_status_header(
             CacheStatus::Bypass,
             Forward::Miss,
@@ -379,19 +376,13 @@ fn replay(hit: &CachedResponse, key: CacheKey, state: &AppState) -> HttpResponse
         headers.append(name.clone(), value.clone());
     }
     headers.insert(header::AGE, HeaderValue::from(age));
+    headers.insert(X_CACHE_TIMESTAMP.clone(), hit.timestamp.clone());
     headers.insert(
-        HeaderName::from_static(X_CACHE_TIMESTAMP),
-        hit.timestamp.clone(),
-    );
-    headers.insert(
-        HeaderName::from_static(X_CACHE),
+        X_CACHE.clone(),
         HeaderValue::from_static(CacheStatus::Hit.as_str()),
     );
-    headers.insert(
-        HeaderName::from_static(CACHE_STATUS),
-        hit_cache_status(ttl_left),
-    );
-    headers.insert(HeaderName::from_static(X_CACHE_KEY), key_header(key));
+    headers.insert(CACHE_STATUS.clone(), hit_cache_status(ttl_left));
+    headers.insert(X_CACHE_KEY.clone(), key_header(key));
     res
 }
 
@@ -408,12 +399,12 @@ fn respond(
     for (name, value) in &head.headers {
         out.append_header((name.clone(), value.clone()));
     }
-    out.insert_header((HeaderName::from_static(X_CACHE), cache.as_str()));
+    out.insert_header((X_CACHE.clone(), cache.as_str()));
     out.insert_header((
-        HeaderName::from_static(CACHE_STATUS),
+        CACHE_STATUS.clone(),
         cache_status_header(cache, forward, storable.is_ok(), None, None),
     ));
-    out.insert_header((HeaderName::from_static(X_CACHE_KEY), key_header(key)));
+    out.insert_header((X_CACHE_KEY.clone(), key_header(key)));
     let reason = storable.err();
     outcome(&mut out, cache, reason, Some(head.status), Some(key));
     out

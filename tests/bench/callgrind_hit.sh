@@ -5,7 +5,9 @@
 # the cache, resets the counters, sends HIT_REQUESTS identical requests and prints the
 # instructions per request plus the top inclusive costs of our own functions.
 # CALLGRIND_MODE=forward counts a forwarded request (Cache-Control: no-cache: upstream call and
-# store) instead of a HIT; CALLGRIND_MODE=ceiling counts the same requests answered by the bare
+# store) instead of a HIT; CALLGRIND_MODE=miss counts a MISS of a body never seen before (upstream
+# call, canonical key, store and, with the 1 MB cache it then runs with, eviction), as in the bench's
+# MISS-unique scenario; CALLGRIND_MODE=ceiling counts the same requests answered by the bare
 # actix-web handler of `make bench` (CEILING), the floor a HIT is compared with.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -14,8 +16,9 @@ MODE=${CALLGRIND_MODE:-hit}
 case "$MODE" in
   hit) extra=() ;;
   forward) extra=(no-cache) ;;
+  miss) extra=(unique) ;;
   ceiling) extra=() ;;
-  *) echo "CALLGRIND_MODE must be hit, forward or ceiling, got '$MODE'" >&2; exit 2 ;;
+  *) echo "CALLGRIND_MODE must be hit, forward, miss or ceiling, got '$MODE'" >&2; exit 2 ;;
 esac
 command -v valgrind >/dev/null || { echo "valgrind not found: apt-get install valgrind" >&2; exit 1; }
 export CARGO_TARGET_DIR=target/callgrind
@@ -27,7 +30,8 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 out=$(mktemp -d)
 up=$(free_port)
 PORT=$up "$bin/examples/bench-upstream" >/dev/null 2>&1 & up_pid=$!
-trap 'kill $up_pid 2>/dev/null || true; rm -rf "$out"' EXIT
+# KEEP_CALLGRIND=DIR keeps the two profiles there, for callgrind_annotate.
+trap 'kill $up_pid 2>/dev/null || true; [ -z "${KEEP_CALLGRIND:-}" ] || cp "$out"/cg.* "$KEEP_CALLGRIND"/; rm -rf "$out"' EXIT
 
 # One run under callgrind: start, warm with 20 requests, send $1 more, stop with SIGTERM (a
 # clean exit writes the profile). The difference of two runs is the cost of the extra hits.
@@ -35,7 +39,9 @@ run() {
   local px; px=$(free_port)
   local target=$bin/openai-cache-proxy
   [ "$MODE" = ceiling ] && target=$bin/examples/bench-upstream
-  env -i PORT="$px" HOST=127.0.0.1 OPENAI_API_URL="http://127.0.0.1:$up" RATE_LIMIT=0 RUST_LOG=warn \
+  local size=100
+  [ "$MODE" = miss ] && size=1
+  env -i PORT="$px" MAX_CACHE_SIZE="$size" HOST=127.0.0.1 OPENAI_API_URL="http://127.0.0.1:$up" RATE_LIMIT=0 RUST_LOG=warn \
     CACHE_TTL=1h valgrind --tool=callgrind --callgrind-out-file="$out/cg.$1" "$target" \
     >"$out/proxy.$1.log" 2>&1 &
   local vg=$!

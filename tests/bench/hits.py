@@ -1,16 +1,22 @@
 """Sends N identical chat-completion POSTs over one keep-alive connection; prints X-Cache counts.
-A third argument `no-cache` sends them with Cache-Control: no-cache (each one forwarded)."""
+A third argument `no-cache` sends them with Cache-Control: no-cache (each one forwarded);
+`unique` makes every body one no cache has seen (each one a stored miss), as the bench's
+MISS-unique scenario does."""
 import http.client
 import sys
 
 port, n = int(sys.argv[1]), int(sys.argv[2])
-extra = {"Cache-Control": "no-cache"} if sys.argv[3:] == ["no-cache"] else {}
+mode = sys.argv[3] if len(sys.argv) > 3 else ""
+extra = {"Cache-Control": "no-cache"} if mode == "no-cache" else {}
+question = "Explain in one paragraph what a caching proxy does."
 body = ('{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful assistant."},'
-        '{"role":"user","content":"Explain in one paragraph what a caching proxy does."}],"temperature":0}')
+        '{"role":"user","content":"%s"}],"temperature":0}')
+nonce = sys.argv[4] if len(sys.argv) > 4 else ""
 conn = http.client.HTTPConnection("127.0.0.1", port)
 seen = {}
-for _ in range(n):
-    conn.request("POST", "/v1/chat/completions", body,
+for i in range(n):
+    text = f"{question} ({nonce} {i})" if mode == "unique" else question
+    conn.request("POST", "/v1/chat/completions", body % text,
                  {"Content-Type": "application/json", "Authorization": "Bearer sk-bench", **extra})
     res = conn.getresponse()
     res.read()
