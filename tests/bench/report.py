@@ -17,7 +17,7 @@ SCENARIOS = (
     ("HIT", "64 conns, 1.4 KB answer from cache", ("CEILING", "NGINX", "PROXY")),
     ("HIT-large", "64 conns, 32 KB answer from cache", ("CEILING", "NGINX", "PROXY")),
     ("FORWARD", "64 conns, Cache-Control: no-cache", ("DIRECT", "NGINX", "PROXY")),
-    ("FORWARD-1c", "1 conn, Cache-Control: no-cache", ("DIRECT", "NGINX", "PROXY")),
+    ("FORWARD-1c", "1 conn, Cache-Control: no-cache", ("DIRECT", "RELAY", "NGINX", "PROXY")),
     ("MISS-unique", "64 conns, every body new", ("NGINX", "PROXY-MISS")),
     ("HIT-L2", "64 conns, 1.4 KB answers from Redis, L1 too small to keep them", ("PROXY-L2",)),
 )
@@ -121,6 +121,13 @@ def main():
     l2_requests, l2_hits = map(int, open(f"{work}/l2").read().split())
     print(f"HIT-L2: {l2_hits} of {l2_requests} requests were L2 hits (Redis), the upstream"
           f" untouched; L2 hit / L1 hit throughput {ratio('HIT-L2', 'PROXY-L2', None):.2f}")
+    added = {t: med["FORWARD-1c", t][1] - med["FORWARD-1c", "DIRECT"][1] for t in ("RELAY", "NGINX", "PROXY")}
+    print("FORWARD-1c added p50 over DIRECT, ms: " + ", ".join(f"{t} {v:+.3f}" for t, v in added.items())
+          + " (RELAY: socat copying bytes, no HTTP: the least a second hop adds here)")
+    miss_vs_forward = {t: med["MISS-unique", m][0] / med["FORWARD", t][0]
+                       for t, m in (("NGINX", "NGINX"), ("PROXY", "PROXY-MISS"))}
+    print("MISS-unique / FORWARD throughput (what a new body costs over a forwarded one): "
+          + ", ".join(f"{t} {v:.2f}" for t, v in miss_vs_forward.items()))
     print(f"Start-up to first 200 from GET /health, ms: {', '.join(f'{ms:.1f}' for ms, _ in starts)};"
           f" VmRSS 0.3 s later, MB: {', '.join(f'{mb(kb):.1f}' for _, kb in starts)}")
 

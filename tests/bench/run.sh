@@ -2,6 +2,8 @@
 # Side-by-side bench (`make bench`, issue 6), all on 127.0.0.1 in one run: the proxy (PROXY,
 # release build) against a bare actix-web handler serving the same bytes (CEILING, also the
 # upstream: DIRECT) and Debian's nginx as a caching reverse proxy (NGINX, config: nginx.conf.in).
+# FORWARD at one connection also goes through RELAY, socat copying bytes between the client and
+# the upstream without reading HTTP: the least a second hop adds on this machine.
 # Scenarios: HIT, HIT-large, FORWARD (64 connections and 1), MISS-unique, STREAM, start-up; each
 # after a functional check, targets interleaved round by round. Prints a Markdown table and ratios.
 # Env: BENCH_SECONDS (per wrk run, default 5), BENCH_ROUNDS (interleaved rounds, default 3, min 2),
@@ -42,6 +44,7 @@ command -v wrk >/dev/null || missing+=(wrk)
 find_nginx >/dev/null || missing+=(nginx)
 find_redis() { command -v redis-server || { [[ -x /usr/bin/redis-server ]] && echo /usr/bin/redis-server; }; }
 find_redis >/dev/null || missing+=(redis-server)
+command -v socat >/dev/null || missing+=(socat)
 if ((${#missing[@]} > 0)); then
     [[ "$(id -u)" -eq 0 ]] ||
         die "not installed: ${missing[*]}; we are not root, so run: sudo apt-get install ${missing[*]}"
@@ -76,10 +79,10 @@ awk -v l="${load%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }' &&
 
 cargo build --release --bin openai-cache-proxy --example bench-upstream
 
-# Four distinct free ports: bind all before closing any.
-read -r UPSTREAM_PORT PROXY_PORT MISS_PORT NGINX_PORT REDIS_PORT L2W_PORT L2_PORT < <(python3 -c '
+# Distinct free ports: bind all before closing any.
+read -r UPSTREAM_PORT PROXY_PORT MISS_PORT NGINX_PORT REDIS_PORT L2W_PORT L2_PORT RELAY_PORT < <(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(7)]
+socks = [socket.socket() for _ in range(8)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))')
@@ -115,6 +118,7 @@ UPSTREAM="http://127.0.0.1:$UPSTREAM_PORT"
 PROXY="http://127.0.0.1:$PROXY_PORT"
 MISS_PROXY="http://127.0.0.1:$MISS_PORT"
 NGINX="http://127.0.0.1:$NGINX_PORT"
+RELAY="http://127.0.0.1:$RELAY_PORT"
 CURL=(curl --silent --show-error --noproxy '*' --max-time 10)
 
 PORT="$UPSTREAM_PORT" target/release/examples/bench-upstream >"$WORK/upstream.log" 2>&1 &
@@ -297,6 +301,7 @@ url_of() {
     case "$1" in
         CEILING | DIRECT) echo "$UPSTREAM" ;;
         NGINX) echo "$NGINX" ;;
+        RELAY) echo "$RELAY" ;;
         PROXY) echo "$PROXY" ;;
         PROXY-MISS) echo "$MISS_PROXY" ;;
         PROXY-L2) echo "$L2_PROXY" ;;
@@ -348,7 +353,14 @@ measure HIT-large 64 "$B/embeddings.lua" none CEILING NGINX PROXY
 check_reaches_upstream FORWARD NGINX "$NGINX" "$WORK/chat.json" 'Cache-Control: no-cache'
 check_reaches_upstream FORWARD PROXY "$PROXY" "$WORK/chat.json" 'Cache-Control: no-cache'
 measure FORWARD 64 "$B/forward.lua" all DIRECT NGINX PROXY
-measure FORWARD-1c 1 "$B/forward.lua" all DIRECT NGINX PROXY
+# RELAY: one socat process per connection (`fork`), each ending with its connection.
+socat TCP-LISTEN:"$RELAY_PORT",bind=127.0.0.1,reuseaddr,fork,nodelay \
+    TCP:127.0.0.1:"$UPSTREAM_PORT",nodelay >"$WORK/relay.log" 2>&1 &
+PIDS+=("$!")
+RELAY_PID="$!"
+wait_ready relay "$RELAY_PID" "$RELAY/count"
+measure FORWARD-1c 1 "$B/forward.lua" all DIRECT RELAY NGINX PROXY
+stop "$RELAY_PID"
 
 # MISS-unique: every body new, against a fresh proxy with a 64 MB cache whose RSS is sampled.
 start_proxy "$MISS_PORT" proxy-miss MAX_CACHE_SIZE="$MISS_CACHE_MB"
