@@ -2,8 +2,9 @@
 
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-// Ready-made names (the hit path inserts five of them per answer): `from_static` run at
-// start-up would check the name against the standard table and its characters every time.
+// Ready-made names, built at compile time: a hit inserts five of them, and
+// `HeaderName::from_static` called per answer checks the name against the table of standard
+// headers and each of its characters every time.
 pub static X_CACHE: HeaderName = HeaderName::from_static("x-cache");
 pub static X_CACHE_TIMESTAMP: HeaderName = HeaderName::from_static("x-cache-timestamp");
 pub static X_CACHE_KEY: HeaderName = HeaderName::from_static("x-cache-key");

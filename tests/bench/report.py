@@ -121,8 +121,10 @@ def main():
     l2_requests, l2_hits = map(int, open(f"{work}/l2").read().split())
     print(f"HIT-L2: {l2_hits} of {l2_requests} requests were L2 hits (Redis), the upstream"
           f" untouched; L2 hit / L1 hit throughput {ratio('HIT-L2', 'PROXY-L2', None):.2f}")
-    added = {t: med["FORWARD-1c", t][1] - med["FORWARD-1c", "DIRECT"][1] for t in ("RELAY", "NGINX", "PROXY")}
-    print("FORWARD-1c added p50 over DIRECT, ms: " + ", ".join(f"{t} {v:+.3f}" for t, v in added.items())
+    added = {t: med["FORWARD-1c", t][1] - med["FORWARD-1c", "DIRECT"][1]
+             for t in ("RELAY", "NGINX", "PROXY")}
+    print("FORWARD-1c added p50 over DIRECT, ms: "
+          + ", ".join(f"{t} {v:+.3f}" for t, v in added.items())
           + " (RELAY: socat copying bytes, no HTTP: the least a second hop adds here)")
     miss_vs_forward = {t: med["MISS-unique", m][0] / med["FORWARD", t][0]
                        for t, m in (("NGINX", "NGINX"), ("PROXY", "PROXY-MISS"))}
