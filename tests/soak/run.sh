@@ -29,7 +29,10 @@ for tool in curl python3 timeout; do
     command -v "$tool" >/dev/null || die "'$tool' is required but not installed"
 done
 
-cargo build --release --bin openai-cache-proxy --example bench-upstream --example soak
+# The proxy on its own, as it ships (see tests/bench/run.sh: built with the examples it would
+# get the dev-dependencies' features too).
+cargo build --release --bin openai-cache-proxy
+cargo build --release --example bench-upstream --example soak
 
 # Two distinct free ports: bind both before closing either.
 read -r UPSTREAM_PORT PROXY_PORT < <(python3 -c '
