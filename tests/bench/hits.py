@@ -1,7 +1,7 @@
 """Sends N identical chat-completion POSTs over one keep-alive connection; prints X-Cache counts.
 A third argument `no-cache` sends them with Cache-Control: no-cache (each one forwarded);
-`unique` makes every body one no cache has seen (each one a stored miss), as the bench's
-MISS-unique scenario does."""
+`unique` numbers the bodies, so each is new to a freshly started proxy (each one a stored miss),
+as in the bench's MISS-unique scenario."""
 import http.client
 import sys
 
@@ -11,11 +11,10 @@ extra = {"Cache-Control": "no-cache"} if mode == "no-cache" else {}
 question = "Explain in one paragraph what a caching proxy does."
 body = ('{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful assistant."},'
         '{"role":"user","content":"%s"}],"temperature":0}')
-nonce = sys.argv[4] if len(sys.argv) > 4 else ""
 conn = http.client.HTTPConnection("127.0.0.1", port)
 seen = {}
 for i in range(n):
-    text = f"{question} ({nonce} {i})" if mode == "unique" else question
+    text = f"{question} ({i})" if mode == "unique" else question
     conn.request("POST", "/v1/chat/completions", body % text,
                  {"Content-Type": "application/json", "Authorization": "Bearer sk-bench", **extra})
     res = conn.getresponse()
