@@ -1,6 +1,7 @@
 //! The savings ledger: what each cache hit spared the caller, in tokens and (with a
-//! PRICE_TABLE) in US dollars, per model. A response's model and token usage are read once,
-//! when it is stored ([`TokenUsage::of_response`]); a hit only adds them up.
+//! PRICE_TABLE) in US dollars, per model. A stored response's model and token usage are read
+//! once, on its first hit ([`TokenUsage::of_response`], kept with the entry); every hit adds
+//! them up.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -6,6 +6,7 @@ mod key;
 mod policy;
 mod store;
 
+use std::sync::OnceLock;
 use std::time::SystemTime;
 
 use actix_web::http::StatusCode;
@@ -30,9 +31,21 @@ pub struct CachedResponse {
     pub stored_at: SystemTime,
     /// `stored_at` as the RFC 3339 `X-Cache-Timestamp` value, formatted once at store time.
     pub timestamp: HeaderValue,
-    /// Model and token usage the answer reported, read once at store time; each hit adds
-    /// them to the savings ledger.
-    pub usage: Option<TokenUsage>,
+    /// Model and token usage the answer reported, for the savings ledger: read from the body
+    /// on the entry's first hit (see [`Tokens`]), then kept.
+    usage: OnceLock<Option<TokenUsage>>,
+    event_stream: bool,
+}
+
+/// Where an entry's token usage comes from.
+#[derive(Debug, Clone)]
+pub enum Tokens {
+    /// Already read: a body without a length, parsed to check that it is complete, or an
+    /// entry from the shared tier.
+    Known(Option<TokenUsage>),
+    /// Read from the body on the first hit (an event stream when `event_stream`). Only hits
+    /// need it, and a forwarded answer is then not held up by a parse of its whole body.
+    OnFirstHit { event_stream: bool },
 }
 
 impl CachedResponse {
@@ -40,9 +53,9 @@ impl CachedResponse {
         status: StatusCode,
         headers: Vec<(HeaderName, HeaderValue)>,
         body: Bytes,
-        usage: Option<TokenUsage>,
+        tokens: Tokens,
     ) -> Self {
-        Self::stored_at(status, headers, body, usage, SystemTime::now())
+        Self::stored_at(status, headers, body, tokens, SystemTime::now())
     }
 
     /// An entry stored at `stored_at` (one read back from the shared tier keeps its age).
@@ -50,9 +63,13 @@ impl CachedResponse {
         status: StatusCode,
         headers: Vec<(HeaderName, HeaderValue)>,
         body: Bytes,
-        usage: Option<TokenUsage>,
+        tokens: Tokens,
         stored_at: SystemTime,
     ) -> Self {
+        let (usage, event_stream) = match tokens {
+            Tokens::Known(usage) => (OnceLock::from(usage), false),
+            Tokens::OnFirstHit { event_stream } => (OnceLock::new(), event_stream),
+        };
         let stamp = humantime::format_rfc3339_seconds(stored_at).to_string();
         Self {
             status,
@@ -61,24 +78,38 @@ impl CachedResponse {
             stored_at,
             timestamp: HeaderValue::try_from(stamp).expect("RFC 3339 is a valid header value"),
             usage,
+            event_stream,
         }
+    }
+
+    /// The model and token usage this answer reported, if any.
+    pub fn usage(&self) -> Option<&TokenUsage> {
+        self.usage
+            .get_or_init(|| TokenUsage::of_response(&self.body, self.event_stream))
+            .as_ref()
     }
 }
 
 impl CachedResponse {
     /// Bytes this entry costs in memory, so that MAX_CACHE_SIZE bounds memory and not just
     /// bodies: the body, each header (its bytes plus ~100 bytes of name, value and list
-    /// slot), and ~400 bytes for the entry itself (this struct, its `Arc`, the key and
-    /// moka's bookkeeping for it).
+    /// slot), ~400 bytes for the entry itself (this struct, its `Arc`, the key and
+    /// moka's bookkeeping for it), and the model name's allocation once usage is read.
     pub fn weight(&self) -> u64 {
         const PER_HEADER: usize = 100;
         const PER_ENTRY: usize = 400;
+        // Room for a model name read on the first hit: OpenAI's, fine-tunes included, are
+        // shorter than this.
+        const MODEL_NAME: usize = 64;
         let headers: usize = self
             .headers
             .iter()
             .map(|(n, v)| n.as_str().len() + v.len() + PER_HEADER)
             .sum();
-        let usage = self.usage.as_ref().map_or(0, |u| u.model.len() + 48);
+        let usage = match self.usage.get() {
+            Some(known) => known.as_ref().map_or(0, |u| u.model.len() + 48),
+            None => MODEL_NAME + 48,
+        };
         (self.body.len() + headers + usage + PER_ENTRY) as u64
     }
 }
@@ -179,5 +210,38 @@ mod tests {
                 cache_status_header(CacheStatus::Hit, Forward::Miss, false, Some(ttl), None);
             assert_eq!(hit_cache_status(ttl), general.as_str());
         }
+    }
+
+    #[test]
+    fn usage_is_read_from_the_body_on_first_use_and_kept() {
+        let entry = |body: &'static [u8], event_stream| {
+            CachedResponse::new(
+                StatusCode::OK,
+                Vec::new(),
+                Bytes::from_static(body),
+                Tokens::OnFirstHit { event_stream },
+            )
+        };
+        let json = entry(
+            br#"{"model":"m","usage":{"prompt_tokens":3,"completion_tokens":4}}"#,
+            false,
+        );
+        let unread = json.weight();
+        let usage = json.usage().expect("usage");
+        assert_eq!(
+            (&*usage.model, usage.prompt, usage.completion, usage.total),
+            ("m", 3, 4, 7)
+        );
+        // The same value every time; the weight charged before reading covers what it holds.
+        assert!(std::ptr::eq(usage, json.usage().expect("usage")));
+        assert!(json.weight() <= unread);
+
+        let stream = entry(
+            b"data: {\"model\":\"s\",\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2,\"total_tokens\":3}}\n\ndata: [DONE]\n\n",
+            true,
+        );
+        assert_eq!(stream.usage().map(|u| u.total), Some(3));
+        assert!(entry(br#"{"object":"list"}"#, false).usage().is_none());
+        assert!(entry(b"not json", false).usage().is_none());
     }
 }

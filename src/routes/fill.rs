@@ -8,7 +8,7 @@ use actix_web::web;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
-use crate::cache::{BodyKind, CacheKey, CachedResponse, End, Flight, Head};
+use crate::cache::{BodyKind, CacheKey, CachedResponse, End, Flight, Head, Tokens};
 use crate::savings::TokenUsage;
 use crate::shared::LockGuard;
 use crate::startup::AppState;
@@ -55,8 +55,10 @@ pub async fn drive(
                 // and let awc see the body's end so the connection goes back to the pool.
                 if head.content_length == Some(received) {
                     if storable && let Some(body) = flight.recorded_body(Some(&chunk), limit) {
-                        let usage = TokenUsage::of_response(&body, is_event_stream);
-                        store(&state, key, &head, body, usage).await;
+                        let tokens = Tokens::OnFirstHit {
+                            event_stream: is_event_stream,
+                        };
+                        store(&state, key, &head, body, tokens).await;
                     }
                     let _ = tokio::time::timeout(idle, res.next()).await;
                     drop(res);
@@ -96,10 +98,10 @@ pub async fn drive(
                     } else {
                         None
                     };
-                    Some((b, usage))
+                    Some((b, Tokens::Known(usage)))
                 });
-                if let Some((body, usage)) = checked {
-                    store(&state, key, &head, body, usage).await;
+                if let Some((body, tokens)) = checked {
+                    store(&state, key, &head, body, tokens).await;
                 }
                 break End::Complete;
             }
@@ -184,12 +186,14 @@ pub async fn settle(
     let (bytes, end) = match body {
         Ok(body) => {
             if storable && body.len() as u64 <= state.cache.max_entry_bytes() {
-                let usage = TokenUsage::of_response(body, false);
                 // A copy of its own: `body` is usually a slice of the HTTP client's read
                 // buffer, whose whole allocation (kilobytes) would live as long as the entry
                 // (MISS-unique in `make bench` showed 300 MB of RSS for a 64 MB cache).
                 let stored = Bytes::copy_from_slice(body);
-                store(state, key, head, stored, usage).await;
+                let tokens = Tokens::OnFirstHit {
+                    event_stream: false,
+                };
+                store(state, key, head, stored, tokens).await;
             }
             (body, End::Complete)
         }
@@ -202,13 +206,7 @@ pub async fn settle(
     flight.finish(end);
 }
 
-async fn store(
-    state: &AppState,
-    key: CacheKey,
-    head: &Head,
-    body: Bytes,
-    usage: Option<TokenUsage>,
-) {
+async fn store(state: &AppState, key: CacheKey, head: &Head, body: Bytes, tokens: Tokens) {
     // Copy names and values out of the HTTP client's read buffer: a header value shares that
     // buffer's allocation, and would keep all of it alive for as long as the entry lives.
     let headers = head
@@ -221,7 +219,7 @@ async fn store(
             (name, value)
         })
         .collect();
-    let entry = CachedResponse::new(head.status, headers, body, usage);
+    let entry = CachedResponse::new(head.status, headers, body, tokens);
     // The shared tier first (bounded by REDIS_TIMEOUT): a sibling asked right after this
     // answer ends finds it there.
     if let Some(tier) = &state.shared

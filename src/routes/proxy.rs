@@ -365,7 +365,7 @@ fn idle_limited(
 fn replay(hit: &CachedResponse, key: CacheKey, state: &AppState) -> HttpResponse {
     let mut out = HttpResponse::build(hit.status);
     outcome(&mut out, CacheStatus::Hit, None, None, Some(key));
-    if let Some(usage) = &hit.usage {
+    if let Some(usage) = hit.usage() {
         state.metrics.savings.record_hit(usage);
     }
     let mut res = out.body(hit.body.clone());

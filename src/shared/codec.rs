@@ -12,7 +12,7 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use bytes::{BufMut, Bytes};
 
-use crate::cache::CachedResponse;
+use crate::cache::{CachedResponse, Tokens};
 use crate::savings::TokenUsage;
 
 const MAGIC: &[u8; 4] = b"OCP1";
@@ -42,7 +42,7 @@ pub fn encode(entry: &CachedResponse) -> Vec<u8> {
         out.put_u32(value.len() as u32);
         out.put_slice(value.as_bytes());
     }
-    match &entry.usage {
+    match entry.usage() {
         Some(u) if u.model.len() <= u16::MAX as usize => {
             out.put_u8(1);
             out.put_u16(u.model.len() as u16);
@@ -125,7 +125,11 @@ pub fn decode(value: &[u8]) -> Option<CachedResponse> {
         return None;
     }
     Some(CachedResponse::stored_at(
-        status, headers, body, usage, stored_at,
+        status,
+        headers,
+        body,
+        Tokens::Known(usage),
+        stored_at,
     ))
 }
 
@@ -153,12 +157,12 @@ mod tests {
                 ),
             ],
             Bytes::from_static(br#"{"ok":true}"#),
-            Some(TokenUsage {
+            Tokens::Known(Some(TokenUsage {
                 model: "gpt-4o-mini".into(),
                 prompt: 3,
                 completion: 4,
                 total: 7,
-            }),
+            })),
         )
     }
 
@@ -169,7 +173,7 @@ mod tests {
         assert_eq!(d.status, e.status);
         assert_eq!(d.headers, e.headers);
         assert_eq!(d.body, e.body);
-        assert_eq!(d.usage, e.usage);
+        assert_eq!(d.usage(), e.usage());
         let ms = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_millis();
         assert_eq!(ms(d.stored_at), ms(e.stored_at));
         assert_eq!(d.timestamp, e.timestamp);

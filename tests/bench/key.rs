@@ -7,7 +7,7 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use openai_cache_proxy::cache::{CacheKey, CacheStore, CachedResponse};
+use openai_cache_proxy::cache::{CacheKey, CacheStore, CachedResponse, Tokens};
 use openai_cache_proxy::metrics::Metrics;
 use openai_cache_proxy::savings::{PriceTable, Savings};
 
@@ -82,7 +82,7 @@ fn hit_lookup(c: &mut Criterion) {
                 StatusCode::OK,
                 Vec::new(),
                 Bytes::from_static(&[b'x'; 1400]),
-                None,
+                Tokens::Known(None),
             );
             store.insert(*k, entry).await;
         }
