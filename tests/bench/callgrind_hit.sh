@@ -8,7 +8,9 @@
 # store) instead of a HIT; CALLGRIND_MODE=miss counts a MISS of a body never seen before (upstream
 # call, canonical key, store and, with the 1 MB cache it then runs with, eviction), as in the bench's
 # MISS-unique scenario; CALLGRIND_MODE=ceiling counts the same requests answered by the bare
-# actix-web handler of `make bench` (CEILING), the floor a HIT is compared with.
+# actix-web handler of `make bench` (CEILING), the floor a HIT is compared with;
+# CALLGRIND_MODE=stack counts the same no-cache requests through the bench's bare actix-web + awc
+# forwarder (STACK), the floor a forward or a miss is compared with.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${HIT_REQUESTS:-2000}
@@ -18,13 +20,14 @@ case "$MODE" in
   forward) extra=(no-cache) ;;
   miss) extra=(unique) ;;
   ceiling) extra=() ;;
-  *) echo "CALLGRIND_MODE must be hit, forward, miss or ceiling, got '$MODE'" >&2; exit 2 ;;
+  stack) extra=(no-cache) ;;
+  *) echo "CALLGRIND_MODE must be hit, forward, miss, ceiling or stack, got '$MODE'" >&2; exit 2 ;;
 esac
 command -v valgrind >/dev/null || { echo "valgrind not found: apt-get install valgrind" >&2; exit 1; }
 export CARGO_TARGET_DIR=target/callgrind
 CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
   CARGO_PROFILE_RELEASE_STRIP=false CARGO_PROFILE_RELEASE_DEBUG=1 \
-  cargo build --release --bin openai-cache-proxy --example bench-upstream
+  cargo build --release --bin openai-cache-proxy --example bench-upstream --example bench-forwarder
 bin=$CARGO_TARGET_DIR/release
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 out=$(mktemp -d)
@@ -39,9 +42,10 @@ run() {
   local px; px=$(free_port)
   local target=$bin/openai-cache-proxy
   [ "$MODE" = ceiling ] && target=$bin/examples/bench-upstream
+  [ "$MODE" = stack ] && target=$bin/examples/bench-forwarder
   local size=100
   [ "$MODE" = miss ] && size=1
-  env -i PORT="$px" MAX_CACHE_SIZE="$size" HOST=127.0.0.1 OPENAI_API_URL="http://127.0.0.1:$up" RATE_LIMIT=0 RUST_LOG=warn \
+  env -i PORT="$px" MAX_CACHE_SIZE="$size" HOST=127.0.0.1 OPENAI_API_URL="http://127.0.0.1:$up" UPSTREAM="http://127.0.0.1:$up" RATE_LIMIT=0 RUST_LOG=warn \
     CACHE_TTL=1h valgrind --tool=callgrind --callgrind-out-file="$out/cg.$1" "$target" \
     >"$out/proxy.$1.log" 2>&1 &
   local vg=$!
@@ -54,6 +58,6 @@ run() {
 base=$(run 0)
 with=$(run "$N")
 echo "instructions per ${MODE^^}: $(( (with - base) / N )) (callgrind, $N requests, difference of two runs)"
-[ "$MODE" = ceiling ] && exit 0
+[[ "$MODE" == ceiling || "$MODE" == stack ]] && exit 0
 callgrind_annotate --inclusive=yes "$out/cg.$N" | grep -E 'openai_cache_proxy::' | head -15 \
   | sed -E 's|/root/.cargo/registry/src/[^/]+/||; s| \[.*||' | cut -c1-150

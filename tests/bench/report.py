@@ -16,9 +16,9 @@ import sys
 SCENARIOS = (
     ("HIT", "64 conns, 1.4 KB answer from cache", ("CEILING", "NGINX", "PROXY")),
     ("HIT-large", "64 conns, 32 KB answer from cache", ("CEILING", "NGINX", "PROXY")),
-    ("FORWARD", "64 conns, Cache-Control: no-cache", ("DIRECT", "NGINX", "PROXY")),
-    ("FORWARD-1c", "1 conn, Cache-Control: no-cache", ("DIRECT", "RELAY", "NGINX", "PROXY")),
-    ("MISS-unique", "64 conns, every body new", ("NGINX", "PROXY-MISS")),
+    ("FORWARD", "64 conns, Cache-Control: no-cache", ("DIRECT", "NGINX", "STACK", "PROXY")),
+    ("FORWARD-1c", "1 conn, Cache-Control: no-cache", ("DIRECT", "RELAY", "STACK", "NGINX", "PROXY")),
+    ("MISS-unique", "64 conns, every body new", ("NGINX", "STACK", "PROXY-MISS")),
     ("HIT-L2", "64 conns, 1.4 KB answers from Redis, L1 too small to keep them", ("PROXY-L2",)),
 )
 
@@ -122,10 +122,17 @@ def main():
     print(f"HIT-L2: {l2_hits} of {l2_requests} requests were L2 hits (Redis), the upstream"
           f" untouched; L2 hit / L1 hit throughput {ratio('HIT-L2', 'PROXY-L2', None):.2f}")
     added = {t: med["FORWARD-1c", t][1] - med["FORWARD-1c", "DIRECT"][1]
-             for t in ("RELAY", "NGINX", "PROXY")}
+             for t in ("RELAY", "STACK", "NGINX", "PROXY")}
     print("FORWARD-1c added p50 over DIRECT, ms: "
           + ", ".join(f"{t} {v:+.3f}" for t, v in added.items())
-          + " (RELAY: socat copying bytes, no HTTP: the least a second hop adds here)")
+          + " (RELAY: socat copying bytes, no HTTP: the least a second hop adds here; STACK: a bare"
+          " actix-web + awc forwarder, the least a proxy on this stack adds)")
+    print("STACK, the bare actix-web + awc forwarder, against NGINX (what the stack alone reaches):"
+          f" FORWARD {ratio('FORWARD', 'STACK', 'NGINX'):.2f},"
+          f" MISS-unique {ratio('MISS-unique', 'STACK', 'NGINX'):.2f};"
+          f" PROXY / STACK: FORWARD {ratio('FORWARD', 'PROXY', 'STACK'):.2f},"
+          f" MISS-unique {ratio('MISS-unique', 'PROXY-MISS', 'STACK'):.2f},"
+          f" FORWARD-1c added p50 over STACK {added['PROXY'] - added['STACK']:+.3f} ms")
     miss_vs_forward = {t: med["MISS-unique", m][0] / med["FORWARD", t][0]
                        for t, m in (("NGINX", "NGINX"), ("PROXY", "PROXY-MISS"))}
     print("MISS-unique / FORWARD throughput (what a new body costs over a forwarded one): "
