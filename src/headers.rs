@@ -15,6 +15,18 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static RATE_LIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 pub static RATE_LIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 
+/// This hop's entry for `X-Forwarded-For`: the peer's address, formatted once per connection
+/// (`on_connect` in startup.rs) instead of on every forwarded request of a keep-alive one.
+#[derive(Clone)]
+pub struct PeerHop(pub HeaderValue);
+
+impl PeerHop {
+    pub fn new(peer: std::net::IpAddr) -> Self {
+        let text = peer.to_canonical().to_string();
+        Self(HeaderValue::try_from(text).expect("an IP address is a valid header value"))
+    }
+}
+
 /// `X-Proxy` value on every response.
 pub const PROXY_ID: &str = concat!("openai-cache-proxy/", env!("CARGO_PKG_VERSION"));
 

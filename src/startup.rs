@@ -12,6 +12,7 @@ use tracing_actix_web::TracingLogger;
 use crate::cache::{CacheStore, Flights};
 use crate::config::Config;
 use crate::errors::not_found;
+use crate::headers::PeerHop;
 use crate::metrics::Metrics;
 use crate::middleware::{Limiter, access_log, new_limiter, prune_idle};
 use crate::routes;
@@ -113,11 +114,15 @@ impl Application {
         // A streamed or forwarded response goes out as a head and then body chunks; with
         // Nagle's algorithm each chunk after the head waits for the client's delayed ACK
         // (~40 ms on Linux), which `make bench` showed on every keep-alive miss.
-        .on_connect(|conn, _| {
-            if let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>()
-                && let Err(e) = tcp.set_nodelay(true)
-            {
+        .on_connect(|conn, data| {
+            let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() else {
+                return;
+            };
+            if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+            if let Ok(peer) = tcp.peer_addr() {
+                data.insert(PeerHop::new(peer.ip()));
             }
         });
         if let Some(n) = workers {

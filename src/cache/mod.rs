@@ -172,6 +172,25 @@ pub fn hit_cache_status(ttl_left: u64) -> HeaderValue {
     HeaderValue::from_maybe_shared(Bytes::from(value)).expect("ASCII text and digits")
 }
 
+/// [`cache_status_header`] for a forwarded (MISS) or shared (COALESCED) answer: one of a few
+/// fixed values, so a ready-made one instead of a formatted string on every forward.
+pub fn forwarded_cache_status(status: CacheStatus, forward: Forward, stored: bool) -> HeaderValue {
+    let value = match (status, forward, stored) {
+        (CacheStatus::Coalesced, Forward::Miss, _) => "openai-cache-proxy; fwd=miss; collapsed",
+        (CacheStatus::Coalesced, Forward::Request, _) => {
+            "openai-cache-proxy; fwd=request; collapsed"
+        }
+        (CacheStatus::Coalesced, Forward::Stale, _) => "openai-cache-proxy; fwd=stale; collapsed",
+        (_, Forward::Miss, true) => "openai-cache-proxy; fwd=miss; stored",
+        (_, Forward::Request, true) => "openai-cache-proxy; fwd=request; stored",
+        (_, Forward::Stale, true) => "openai-cache-proxy; fwd=stale; stored",
+        (_, Forward::Miss, false) => "openai-cache-proxy; fwd=miss",
+        (_, Forward::Request, false) => "openai-cache-proxy; fwd=request",
+        (_, Forward::Stale, false) => "openai-cache-proxy; fwd=stale",
+    };
+    HeaderValue::from_static(value)
+}
+
 /// The `Cache-Status` header value (RFC 9211) for a response.
 pub fn cache_status_header(
     status: CacheStatus,
@@ -209,6 +228,22 @@ mod tests {
             let general =
                 cache_status_header(CacheStatus::Hit, Forward::Miss, false, Some(ttl), None);
             assert_eq!(hit_cache_status(ttl), general.as_str());
+        }
+    }
+
+    #[test]
+    fn the_forwarded_status_matches_the_general_form() {
+        for status in [CacheStatus::Miss, CacheStatus::Coalesced] {
+            for forward in [Forward::Miss, Forward::Request, Forward::Stale] {
+                for stored in [false, true] {
+                    let general = cache_status_header(status, forward, stored, None, None);
+                    assert_eq!(
+                        forwarded_cache_status(status, forward, stored),
+                        general.as_str(),
+                        "{status:?} {forward:?} stored={stored}"
+                    );
+                }
+            }
         }
     }
 

@@ -107,6 +107,33 @@ async fn client_headers_are_forwarded_minus_hop_by_hop_ones() {
 }
 
 #[tokio::test]
+async fn each_request_of_a_keep_alive_connection_names_this_hop_in_x_forwarded_for() {
+    let app = spawn_app(&[]).await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(CHAT_ANSWER, "application/json"))
+        .mount(&app.upstream)
+        .await;
+    // One client, so one connection: the hop's address is formatted when it opens.
+    for (i, prior) in [None, Some("198.51.100.4"), None].into_iter().enumerate() {
+        let mut req = app
+            .client
+            .post(app.url("/v1/embeddings"))
+            .header("cache-control", "no-store")
+            .body(format!("{{\"n\":{i}}}"));
+        if let Some(prior) = prior {
+            req = req.header("x-forwarded-for", prior);
+        }
+        assert_eq!(req.send().await.unwrap().status(), 200);
+    }
+    let received = app.upstream.received_requests().await.unwrap();
+    let xff: Vec<&str> = received
+        .iter()
+        .map(|r| r.headers["x-forwarded-for"].to_str().unwrap())
+        .collect();
+    assert_eq!(xff, ["127.0.0.1", "198.51.100.4, 127.0.0.1", "127.0.0.1"]);
+}
+
+#[tokio::test]
 async fn a_large_non_cacheable_upload_is_streamed_to_the_upstream_intact() {
     // The buffering limit is tiny: the 50 MB upload only works if it is streamed.
     let app = spawn_app(&[("MAX_BODY_SIZE_BYTES", "1024")]).await;
