@@ -303,7 +303,8 @@ pub enum Role {
 /// The flights in progress, shared by every worker.
 #[derive(Default)]
 pub struct Flights {
-    map: DashMap<CacheKey, Arc<Flight>>,
+    /// foldhash, as for the cache (store.rs): the keys are SHA-256 digests.
+    map: DashMap<CacheKey, Arc<Flight>, foldhash::fast::RandomState>,
 }
 
 impl Flights {

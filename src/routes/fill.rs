@@ -227,5 +227,5 @@ async fn store(state: &AppState, key: CacheKey, head: &Head, body: Bytes, tokens
     {
         tier.put(key, &entry, state.config.cache_ttl).await;
     }
-    state.cache.insert(key, entry).await;
+    state.cache.insert(key, entry);
 }

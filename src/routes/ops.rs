@@ -46,7 +46,7 @@ pub async fn stats(
 ) -> Result<HttpResponse, ProxyError> {
     authorize(&req, &state)?;
     let m = &state.metrics;
-    let usage = state.cache.usage().await;
+    let usage = state.cache.usage();
     let config = &state.config;
     Ok(HttpResponse::Ok().json(json!({
         "cache": {
@@ -133,7 +133,7 @@ pub async fn metrics(
 ) -> Result<HttpResponse, ProxyError> {
     authorize(&req, &state)?;
     let m = &state.metrics;
-    let usage = state.cache.usage().await;
+    let usage = state.cache.usage();
     let gauge = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     m.cache_entries.set(gauge(usage.entries));
     m.cache_bytes.set(gauge(usage.bytes));
@@ -150,7 +150,7 @@ pub async fn clear_cache(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ProxyError> {
     authorize(&req, &state)?;
-    let cleared = state.cache.clear().await;
+    let cleared = state.cache.clear();
     let mut body = json!({
         "message": "Cache cleared successfully",
         "cleared": cleared,

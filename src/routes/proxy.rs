@@ -70,7 +70,7 @@ pub async fn forward(
     let mut retried = false;
     loop {
         if directives.lookup
-            && let Some(hit) = state.cache.get(&key).await
+            && let Some(hit) = state.cache.get(&key)
         {
             if directives.max_age.is_none_or(|max| hit.age_secs() <= max) {
                 if !remembered {
@@ -124,7 +124,7 @@ pub async fn forward(
 /// its TTL) so the next hit here stays local.
 async fn shared_lookup(key: CacheKey, state: &AppState) -> Option<Arc<CachedResponse>> {
     let entry = state.shared.as_ref()?.get(key).await?;
-    Some(state.cache.fill(key, entry).await)
+    Some(state.cache.fill(key, entry))
 }
 
 /// Calls the upstream for a flight and answers the leader. A small known-length answer is read

@@ -47,7 +47,7 @@ pub async fn wait_or_lock(
                 flight: Some(flight.clone()),
             };
             match tier.await_sibling(key, redis.coalesce_wait).await {
-                Some(entry) => Sibling::Answered(state.cache.fill(key, entry).await),
+                Some(entry) => Sibling::Answered(state.cache.fill(key, entry)),
                 None => {
                     unanswered.flight = None;
                     Sibling::Alone

@@ -38,7 +38,7 @@ impl SharedTier {
                     Ok(()) => {
                         let mut messages = pubsub.on_message();
                         while messages.next().await.is_some() {
-                            let dropped = l1.clear().await;
+                            let dropped = l1.clear();
                             tracing::info!(dropped, "cache cleared by another instance");
                         }
                     }

@@ -56,10 +56,6 @@ fn key_derivation(c: &mut Criterion) {
 }
 
 fn hit_lookup(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
     let store = CacheStore::new(
         64 * 1024 * 1024,
         1024 * 1024,
@@ -76,24 +72,20 @@ fn hit_lookup(c: &mut Criterion) {
             )
         })
         .collect();
-    rt.block_on(async {
-        for k in &keys {
-            let entry = CachedResponse::new(
-                StatusCode::OK,
-                Vec::new(),
-                Bytes::from_static(&[b'x'; 1400]),
-                Tokens::Known(None),
-            );
-            store.insert(*k, entry).await;
-        }
-    });
+    for k in &keys {
+        let entry = CachedResponse::new(
+            StatusCode::OK,
+            Vec::new(),
+            Bytes::from_static(&[b'x'; 1400]),
+            Tokens::Known(None),
+        );
+        store.insert(*k, entry);
+    }
     let mut i = 0;
     c.bench_function("hit_lookup_10k_entries", |b| {
-        b.to_async(&rt).iter(|| {
+        b.iter(|| {
             i = (i + 1) % keys.len();
-            let key = keys[i];
-            let store = &store;
-            async move { store.get(&key).await.expect("present") }
+            store.get(&keys[i]).expect("present")
         })
     });
 }
