@@ -19,7 +19,7 @@ use crate::routes;
 use crate::savings::Savings;
 use crate::shared::SharedTier;
 use crate::telemetry::RequestSpan;
-use crate::upstream::{build_client, tls_config};
+use crate::upstream::{UpstreamBase, build_client, tls_config};
 
 /// How often idle rate-limit buckets are forgotten.
 const LIMITER_PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -35,8 +35,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The Redis tier (L2 cache, shared clears and rate limit), when REDIS_URL is set.
     pub shared: Option<Arc<SharedTier>>,
-    /// OPENAI_API_URL without a trailing slash; request paths are appended to it.
-    pub upstream_base: String,
+    /// OPENAI_API_URL; request paths are appended to it.
+    pub upstream: UpstreamBase,
     pub started_at: Instant,
 }
 
@@ -73,11 +73,7 @@ impl Application {
             flights: Flights::default(),
             limiter,
             metrics,
-            upstream_base: config
-                .openai_api_url
-                .as_str()
-                .trim_end_matches('/')
-                .to_owned(),
+            upstream: UpstreamBase::new(&config.openai_api_url),
             started_at: Instant::now(),
             config: Arc::new(config),
         });
@@ -91,7 +87,7 @@ impl Application {
         let shutdown = state.config.shutdown_timeout.as_secs().max(1);
         tracing::info!(
             port,
-            upstream = %state.upstream_base,
+            upstream = state.upstream.as_str(),
             proxy = state.config.proxy_url.as_ref().map(|p| p.redacted()),
             "openai-cache-proxy listening"
         );

@@ -154,6 +154,25 @@ impl Flight {
         Some(body.freeze())
     }
 
+    /// Publishes a whole answer at once (its head, all of its body, and how it ended) to
+    /// every reader, with one wake-up instead of one for each part.
+    pub fn publish_whole(&self, head: Arc<Head>, body: Bytes, end: End) {
+        {
+            let mut st = self.lock();
+            st.head = Some(head);
+            if !body.is_empty() {
+                st.total += body.len() as u64;
+                st.held += body.len();
+                st.chunks.push_back(body);
+            }
+            // Nothing more comes: chunks every reader has passed need not be kept.
+            st.recording = false;
+            trim(&mut st);
+            st.end.get_or_insert(end);
+        }
+        self.bump();
+    }
+
     pub fn finish(&self, end: End) {
         self.lock().end.get_or_insert(end);
         self.bump();

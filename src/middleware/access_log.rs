@@ -10,7 +10,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::HeaderValue;
 use actix_web::http::{Method, Uri};
 use actix_web::middleware::Next;
-use actix_web::{Error, HttpMessage, web};
+use actix_web::{Error, HttpMessage, HttpRequest, web};
 use bytes::Bytes;
 use tracing_actix_web::RequestId;
 use uuid::Uuid;
@@ -39,11 +39,15 @@ pub async fn access_log(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
-    let started = Instant::now();
-    let state = req
-        .app_data::<web::Data<AppState>>()
-        .expect("AppState is registered")
-        .clone();
+    // Nothing is gathered for a line the filter (RUST_LOG) would drop.
+    let logged = tracing::enabled!(tracing::Level::INFO).then(|| Logged {
+        started: Instant::now(),
+        method: req.method().clone(),
+        // The URI shares the request's buffer; only its path is logged (a query string may
+        // carry anything a client chose to put there).
+        uri: req.uri().clone(),
+    });
+    let state = app_state(req.request());
     let ip = client_ip(
         req.peer_addr(),
         req.headers(),
@@ -58,18 +62,15 @@ pub async fn access_log(
         let mut buf = Uuid::encode_buffer();
         HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf)).ok()
     });
-    let method = req.method().clone();
-    // The URI shares the request's buffer; only its path is logged (a query string may carry
-    // anything a client chose to put there).
-    let uri = req.uri().clone();
+    let path = req.path();
+    let api = path.starts_with("/v1/") || path == "/v1";
 
     let mut res = next.call(req).await?;
 
     let outcome = res.response().extensions().get::<RequestOutcome>().copied();
     let status = res.status().as_u16();
-    let path = uri.path();
-    if path.starts_with("/v1/") || path == "/v1" {
-        state
+    if api {
+        app_state(res.request())
             .metrics
             .record_request(outcome.map(|o| o.cache), status);
     }
@@ -78,21 +79,35 @@ pub async fn access_log(
     if let Some(v) = &request_id {
         headers.insert(X_REQUEST_ID.clone(), v.clone());
     }
-    let line = LogLine {
-        started,
+    let line = logged.map(|l| LogLine {
+        started: l.started,
         request_id,
         ip,
-        method,
-        uri,
+        method: l.method,
+        uri: l.uri,
         status,
         outcome,
-    };
+    });
     Ok(res.map_body(|_, body| LoggedBody {
         body,
         bytes: 0,
         ended: false,
-        line: Some(line),
+        line,
     }))
+}
+
+/// The shared state, borrowed from the request (a clone of the handle would be two atomic
+/// operations on a counter that every worker's requests touch).
+fn app_state(req: &HttpRequest) -> &AppState {
+    req.app_data::<web::Data<AppState>>()
+        .expect("AppState is registered")
+}
+
+/// What the log line needs from the request, taken before the request is handed on.
+struct Logged {
+    started: Instant,
+    method: Method,
+    uri: Uri,
 }
 
 /// This request's log line, written when its body has been sent (or abandoned).

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::http::header::{self, HeaderValue};
 use actix_web::web;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
@@ -182,7 +182,6 @@ pub async fn settle(
     body: &Result<Bytes, Bytes>,
     state: &AppState,
 ) {
-    flight.set_head(Arc::clone(head));
     let (bytes, end) = match body {
         Ok(body) => {
             if storable && body.len() as u64 <= state.cache.max_entry_bytes() {
@@ -199,24 +198,21 @@ pub async fn settle(
         }
         Err(partial) => (partial, End::Broken),
     };
-    if !bytes.is_empty() {
-        flight.push(bytes.clone(), 0);
-    }
     state.flights.close(&key, flight);
-    flight.finish(end);
+    flight.publish_whole(Arc::clone(head), bytes.clone(), end);
 }
 
 async fn store(state: &AppState, key: CacheKey, head: &Head, body: Bytes, tokens: Tokens) {
     // Copy names and values out of the HTTP client's read buffer: a header value shares that
     // buffer's allocation, and would keep all of it alive for as long as the entry lives.
+    // (Names are their own allocations already: actix-http copies each into a lower-case one.)
     let headers = head
         .headers
         .iter()
         .filter(|(n, _)| **n != header::SET_COOKIE)
         .map(|(name, value)| {
-            let name = HeaderName::from_bytes(name.as_str().as_bytes()).expect("valid name");
             let value = HeaderValue::from_bytes(value.as_bytes()).expect("valid value");
-            (name, value)
+            (name.clone(), value)
         })
         .collect();
     let entry = CachedResponse::new(head.status, headers, body, tokens);

@@ -84,7 +84,7 @@ pub async fn stats(
         "rate_limited_total": m.rate_limited.get(),
         "rate_limit_tracked_clients": state.limiter.as_ref().map_or(0, |l| l.len()),
         "upstream_errors_total": m.upstream_errors.get(),
-        "openai_url": state.upstream_base,
+        "openai_url": state.upstream.as_str(),
         "proxy_url": config.proxy_url.as_ref().map(|p| p.redacted()),
         "uptime_seconds": state.started_at.elapsed().as_secs(),
         "version": env!("CARGO_PKG_VERSION"),

@@ -32,23 +32,30 @@ use crate::shared::LockGuard;
 
 type UpstreamResponse = awc::ClientResponse;
 
-pub async fn forward(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-    client: web::Data<awc::Client>,
-) -> Result<HttpResponse, ProxyError> {
+pub async fn forward(req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ProxyError> {
+    // Borrowed from the request rather than extracted: an extractor clones the handle, two
+    // atomic operations on a counter that every worker's requests touch.
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .expect("AppState is registered");
+    let client = req
+        .app_data::<web::Data<awc::Client>>()
+        .expect("each worker registers its client");
     reject_dot_segments(req.path())?;
     let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    // `concat`, not `format!`: two copies, without the formatting machinery, on every forward.
-    let url = || [state.upstream_base.as_str(), path_and_query].concat();
+    // Worked out only for a request that goes upstream.
+    let url = || {
+        state.upstream.join(req.uri()).map_err(|_| {
+            ProxyError::InvalidRequest("The request path cannot be joined to the upstream URL")
+        })
+    };
 
     let directives = match request_policy(req.method(), req.path(), req.headers()) {
         Ok(d) => d,
         Err(reason) => {
-            let upstream = build_upstream_request(&client, &req, &url());
-            let (res, took) = send_streaming(upstream, &req, payload, &state).await?;
-            return Ok(relay(res, reason, took, &state));
+            let upstream = build_upstream_request(client, &req, url()?);
+            let (res, took) = send_streaming(upstream, &req, payload, state).await?;
+            return Ok(relay(res, reason, took, state));
         }
     };
 
@@ -76,16 +83,17 @@ pub async fn forward(
                 if !remembered {
                     state.cache.remember_alias(exact, key);
                 }
-                return Ok(replay(&hit, key, &state));
+                return Ok(replay(&hit, key, state));
             }
             forward = Forward::Stale;
         } else if directives.lookup
             && !retried
-            && let Some(hit) = shared_lookup(key, &state).await
+            && state.shared.is_some()
+            && let Some(hit) = Box::pin(shared_lookup(key, state)).await
             && directives.max_age.is_none_or(|max| hit.age_secs() <= max)
         {
             state.cache.remember_alias(exact, key);
-            return Ok(replay(&hit, key, &state));
+            return Ok(replay(&hit, key, state));
         }
         let role = if directives.lookup {
             state.flights.join(key)
@@ -95,18 +103,21 @@ pub async fn forward(
         match role {
             Role::Leader(flight, reader) => {
                 let mut lock = None;
-                if directives.lookup && !retried {
-                    match sibling::wait_or_lock(key, &body, &flight, &state).await {
+                if directives.lookup && !retried && state.shared.is_some() {
+                    match Box::pin(sibling::wait_or_lock(key, &body, &flight, state)).await {
                         Sibling::Answered(hit) => {
                             state.cache.remember_alias(exact, key);
-                            return Ok(replay(&hit, key, &state));
+                            return Ok(replay(&hit, key, state));
                         }
                         Sibling::Locked(guard) => lock = Some(guard),
                         Sibling::Alone => {}
                     }
                 }
-                let upstream = build_upstream_request(&client, &req, &url());
-                return lead(upstream, body, flight, reader, key, forward, lock, &state).await;
+                let upstream = build_upstream_request(client, &req, url()?);
+                // Boxed: the call's state (1.8 KB) would otherwise be part of this handler's
+                // future, which actix moves into a box of its own on every request, hits too.
+                let lead = lead(upstream, body, flight, reader, key, forward, lock, state);
+                return Box::pin(lead).await;
             }
             Role::Follower(mut reader) => match reader.head().await {
                 Ok(head) => {
@@ -224,7 +235,7 @@ impl Drop for Unanswered<'_> {
 fn build_upstream_request(
     client: &awc::Client,
     req: &HttpRequest,
-    url: &str,
+    url: actix_web::http::Uri,
 ) -> awc::ClientRequest {
     let mut upstream = client.request(req.method().clone(), url).no_decompress();
     for (name, value) in end_to_end(req.headers()) {

@@ -3,5 +3,7 @@
 mod client;
 mod connector;
 mod counted;
+mod url;
 
 pub use client::{build_client, tls_config, upstream_error};
+pub use url::UpstreamBase;
