@@ -30,8 +30,18 @@ pub static KEY_HEADERS: [HeaderName; 6] = [
     HeaderName::from_static("accept-encoding"),
 ];
 
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct CacheKey([u8; 32]);
+
+/// A digest's first eight bytes are already uniform: the maps keyed by it (the cache, the
+/// alias index, the flights) mix one word through their seeded hasher instead of 32 bytes.
+/// Equal keys have equal first words, as `Hash` requires of `Eq`.
+impl std::hash::Hash for CacheKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let (word, _) = self.0.split_first_chunk::<8>().expect("32 bytes");
+        state.write_u64(u64::from_ne_bytes(*word));
+    }
+}
 
 impl CacheKey {
     pub fn compute(method: &str, path_and_query: &str, headers: &HeaderMap, body: &[u8]) -> Self {
@@ -135,6 +145,19 @@ mod tests {
             h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
         }
         CacheKey::compute("POST", path, &h, body)
+    }
+
+    #[test]
+    fn keys_that_share_their_first_word_are_still_apart() {
+        // The hash reads only the first eight bytes; equality reads all 32.
+        let a = CacheKey([7; 32]);
+        let mut bytes = [7; 32];
+        bytes[31] = 8;
+        let b = CacheKey(bytes);
+        let mut map = std::collections::HashMap::new();
+        map.insert(a, "a");
+        map.insert(b, "b");
+        assert_eq!((map.len(), map[&a], map[&b]), (2, "a", "b"));
     }
 
     #[test]
