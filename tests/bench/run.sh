@@ -9,7 +9,7 @@
 # it has to send upstream, so what PROXY adds over STACK is this crate's own work.
 # Scenarios: HIT, HIT-large, FORWARD (64 connections and 1), MISS-unique, STREAM, start-up; each
 # after a functional check, targets interleaved round by round. Prints a Markdown table and ratios.
-# Env: BENCH_SECONDS (per wrk run, default 5), BENCH_ROUNDS (interleaved rounds, default 3, min 2),
+# Env: BENCH_SECONDS (per wrk run, default 5), BENCH_ROUNDS (interleaved rounds, default 5, min 2),
 # BENCH_STREAM_REQUESTS (streamed requests, half DIRECT and half PROXY misses, each miss then
 # replayed as a HIT, default 200, min 2),
 # BENCH_STARTS (proxy start-ups timed, default 5).
@@ -18,7 +18,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 
 SECONDS_PER_RUN="${BENCH_SECONDS:-5}"
-ROUNDS="${BENCH_ROUNDS:-3}"
+ROUNDS="${BENCH_ROUNDS:-5}"
 STREAM_REQUESTS="${BENCH_STREAM_REQUESTS:-200}"
 STARTS="${BENCH_STARTS:-5}"
 B=tests/bench
