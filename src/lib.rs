@@ -4,6 +4,7 @@ pub mod cache;
 mod client_ip;
 pub mod config;
 pub mod errors;
+mod gather;
 pub mod headers;
 pub mod healthcheck;
 pub mod metrics;

@@ -11,6 +11,7 @@ use std::fmt;
 
 use actix_web::http::header::{HeaderMap, HeaderName};
 use sha2::{Digest, Sha256};
+use smallvec::SmallVec;
 
 use super::canonical::canonical_json;
 
@@ -80,8 +81,8 @@ pub struct KeyHasher(Sha256);
 impl KeyHasher {
     pub fn new(method: &str, path_and_query: &str, headers: &HeaderMap) -> Self {
         // The encoding is gathered first and hashed in one update: a few hundred bytes, and
-        // one call instead of some thirty small ones.
-        let mut buf = Vec::with_capacity(512);
+        // one call instead of some thirty small ones; on the stack unless it is unusually long.
+        let mut buf = SmallVec::<[u8; 512]>::new();
         buf.extend_from_slice(DOMAIN);
         put(&mut buf, method.as_bytes());
         put(&mut buf, path_and_query.as_bytes());
@@ -124,7 +125,7 @@ impl KeyHasher {
     }
 }
 
-fn put(buf: &mut Vec<u8>, bytes: &[u8]) {
+fn put(buf: &mut SmallVec<[u8; 512]>, bytes: &[u8]) {
     buf.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
     buf.extend_from_slice(bytes);
 }

@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::web;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::StreamExt;
 
 use crate::cache::{BodyKind, CacheKey, CachedResponse, End, Flight, Head, Tokens};
+use crate::gather::Gathered;
 use crate::savings::TokenUsage;
 use crate::shared::LockGuard;
 use crate::startup::AppState;
@@ -131,10 +132,9 @@ pub async fn read_whole(
     len: u64,
     idle: Duration,
 ) -> Result<Bytes, Bytes> {
-    let mut first: Option<Bytes> = None;
-    let mut rest = BytesMut::new();
-    let mut received = 0u64;
-    while received < len {
+    let expected = usize::try_from(len).unwrap_or(0);
+    let mut body = Gathered::default();
+    while (body.len() as u64) < len {
         let chunk = match tokio::time::timeout(idle, res.next()).await {
             Ok(Some(Ok(chunk))) => chunk,
             failed => {
@@ -143,33 +143,14 @@ pub async fn read_whole(
                     Ok(Some(Err(e))) => tracing::warn!(error = %e, "upstream body broke off"),
                     _ => tracing::warn!("upstream body shorter than its content-length"),
                 }
-                return Err(joined(first, rest));
+                return Err(body.into_bytes());
             }
         };
-        received += chunk.len() as u64;
-        // One chunk (the usual case) is kept as it came, without a copy.
-        match &first {
-            None => first = Some(chunk),
-            Some(f) => {
-                if rest.is_empty() {
-                    rest.reserve(usize::try_from(len).unwrap_or(0));
-                    rest.extend_from_slice(f);
-                }
-                rest.extend_from_slice(&chunk);
-            }
-        }
+        body.push(chunk, expected);
     }
     // Let awc see the body's end, so the connection goes back to its pool.
     let _ = tokio::time::timeout(idle, res.next()).await;
-    Ok(joined(first, rest))
-}
-
-fn joined(first: Option<Bytes>, rest: BytesMut) -> Bytes {
-    if rest.is_empty() {
-        first.unwrap_or_default()
-    } else {
-        rest.freeze()
-    }
+    Ok(body.into_bytes())
 }
 
 /// Ends a flight whose body was read whole: stores it when it may be stored, then hands it

@@ -18,6 +18,7 @@ use crate::cache::{
 };
 use crate::config::Config;
 use crate::errors::ProxyError;
+use crate::gather::Gathered;
 use crate::headers::{
     CACHE_STATUS, PeerHop, X_CACHE, X_CACHE_KEY, X_CACHE_TIMESTAMP, X_FORWARDED_FOR, end_to_end,
 };
@@ -296,25 +297,35 @@ fn failed(err: &awc::error::SendRequestError, state: &AppState) -> ProxyError {
 /// a client that takes longer than REQUEST_TIMEOUT to send it (nothing goes upstream then).
 async fn read_limited(
     req: &HttpRequest,
-    payload: web::Payload,
+    mut payload: web::Payload,
     config: &Config,
 ) -> Result<Bytes, ProxyError> {
     let limit = config.max_body_size_bytes;
     let too_large = ProxyError::PayloadTooLarge { limit };
-    if content_length(req.headers()).is_some_and(|n| n > limit) {
+    let expected = content_length(req.headers());
+    if expected.is_some_and(|n| n > limit) {
         return Err(too_large);
     }
-    let read = payload.to_bytes_limited(usize::try_from(limit).unwrap_or(usize::MAX));
-    let read = tokio::time::timeout(config.request_timeout, read)
+    // Not `Payload::to_bytes_limited`, which copies every body into a new 32 KB buffer: a
+    // body that arrives in one chunk (the usual case) is kept as it came.
+    let read = async move {
+        let mut body = Gathered::default();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk
+                .map_err(|_| ProxyError::InvalidRequest("The request body could not be read"))?;
+            if (body.len() + chunk.len()) as u64 > limit {
+                return Err(too_large);
+            }
+            body.push(
+                chunk,
+                expected.map_or(0, |n| usize::try_from(n).unwrap_or(0)),
+            );
+        }
+        Ok(body.into_bytes())
+    };
+    tokio::time::timeout(config.request_timeout, read)
         .await
-        .map_err(|_| ProxyError::RequestTimeout(config.request_timeout))?;
-    match read {
-        Ok(Ok(body)) => Ok(body),
-        Ok(Err(_)) => Err(ProxyError::InvalidRequest(
-            "The request body could not be read",
-        )),
-        Err(_) => Err(too_large),
-    }
+        .map_err(|_| ProxyError::RequestTimeout(config.request_timeout))?
 }
 
 /// Passes a bypassed upstream response through untouched, chunk by chunk.
