@@ -6,22 +6,20 @@ use bytes::{Bytes, BytesMut};
 #[derive(Default)]
 pub struct Gathered {
     first: Option<Bytes>,
-    /// Everything so far, once a second chunk came.
+    /// Everything so far, once a second chunk came (empty until then, or while every chunk
+    /// so far was empty).
     rest: BytesMut,
-    len: usize,
 }
 
 impl Gathered {
     /// Adds the next chunk. `expected` is the whole body's length when known: room for it is
     /// reserved once, when a second chunk comes.
     pub fn push(&mut self, chunk: Bytes, expected: usize) {
-        self.len += chunk.len();
         match &self.first {
             None => self.first = Some(chunk),
             Some(first) => {
-                // Empty until the first chunk is copied in, unless all so far were empty.
                 if self.rest.is_empty() {
-                    self.rest.reserve(expected.max(self.len));
+                    self.rest.reserve(expected.max(first.len() + chunk.len()));
                     self.rest.extend_from_slice(first);
                 }
                 self.rest.extend_from_slice(&chunk);
@@ -31,7 +29,11 @@ impl Gathered {
 
     /// Bytes gathered so far.
     pub fn len(&self) -> usize {
-        self.len
+        if self.rest.is_empty() {
+            self.first.as_ref().map_or(0, Bytes::len)
+        } else {
+            self.rest.len()
+        }
     }
 
     pub fn into_bytes(self) -> Bytes {

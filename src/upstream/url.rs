@@ -29,7 +29,6 @@ impl UpstreamBase {
 
     /// Where `request` (a request line's URI: path and query) goes upstream.
     pub fn join(&self, request: &Uri) -> Result<Uri, actix_web::http::uri::InvalidUri> {
-        let path_and_query = request.path_and_query().map_or("/", PathAndQuery::as_str);
         match &self.origin {
             Some((scheme, authority)) => {
                 let mut parts = Parts::default();
@@ -43,7 +42,10 @@ impl UpstreamBase {
                 );
                 Ok(Uri::from_parts(parts).expect("scheme, authority and path make a URI"))
             }
-            None => Uri::try_from([self.text.as_str(), path_and_query].concat()),
+            None => {
+                let path_and_query = request.path_and_query().map_or("/", PathAndQuery::as_str);
+                Uri::try_from([self.text.as_str(), path_and_query].concat())
+            }
         }
     }
 }
