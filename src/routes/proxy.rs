@@ -2,6 +2,7 @@
 //! `Cache-Status` on every answer.
 
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use actix_web::body::{BodyStream, SizedStream};
@@ -323,9 +324,38 @@ async fn read_limited(
         }
         Ok(body.into_bytes())
     };
+    // actix calls the handler as soon as it has a request's head, before it decodes the body
+    // that came in the same read, so the first poll always waits; it polls again once it has
+    // fed that body in. The timer is armed only if the body is still not all there then: a
+    // body that came with its head (nearly every request) costs no timer registration and
+    // removal (with its clock reads, ~0.3 µs of a hit's 5 µs of user CPU in `perf`).
+    // `once_more` makes sure of that second poll whatever the dispatcher does.
+    let mut read = std::pin::pin!(read);
+    if let Poll::Ready(body) = futures_util::poll!(read.as_mut()) {
+        return body;
+    }
+    once_more().await;
+    if let Poll::Ready(body) = futures_util::poll!(read.as_mut()) {
+        return body;
+    }
+    // Still on its way: from here the client has REQUEST_TIMEOUT to send the rest.
     tokio::time::timeout(config.request_timeout, read)
         .await
         .map_err(|_| ProxyError::RequestTimeout(config.request_timeout))?
+}
+
+/// Returns to the executor once, asking to be polled again straight away.
+async fn once_more() {
+    let mut woken = false;
+    std::future::poll_fn(|cx| {
+        if woken {
+            return Poll::Ready(());
+        }
+        woken = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    })
+    .await;
 }
 
 /// Passes a bypassed upstream response through untouched, chunk by chunk.

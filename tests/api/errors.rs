@@ -128,25 +128,61 @@ async fn a_client_that_stalls_mid_body_gets_408_and_nothing_goes_upstream() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let app = spawn_app(&[("REQUEST_TIMEOUT", "300ms")]).await;
     let host = app.address.trim_start_matches("http://");
-    let mut sock = tokio::net::TcpStream::connect(host).await.unwrap();
-    let head = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"model\":"
-    );
-    sock.write_all(head.as_bytes()).await.unwrap();
-    let mut reply = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), async {
-        let mut buf = [0u8; 4096];
-        while !reply.windows(4).any(|w| w == b"\r\n\r\n") {
-            let n = sock.read(&mut buf).await.unwrap();
-            assert!(n > 0, "closed without an answer");
-            reply.extend_from_slice(&buf[..n]);
-        }
-    })
-    .await
-    .expect("the proxy answers a stalled body");
-    let reply = String::from_utf8_lossy(&reply);
-    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    // Part of the body, or none of it, after the head.
+    for sent in ["{\"model\":", ""] {
+        let mut sock = tokio::net::TcpStream::connect(host).await.unwrap();
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{sent}"
+        );
+        sock.write_all(head.as_bytes()).await.unwrap();
+        let mut reply = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), async {
+            let mut buf = [0u8; 4096];
+            while !reply.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = sock.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed without an answer");
+                reply.extend_from_slice(&buf[..n]);
+            }
+        })
+        .await
+        .expect("the proxy answers a stalled body");
+        let reply = String::from_utf8_lossy(&reply);
+        assert!(reply.starts_with("HTTP/1.1 408"), "sent {sent:?}: {reply}");
+    }
     assert_eq!(app.upstream_calls().await, 0);
+}
+
+#[tokio::test]
+async fn a_body_that_arrives_in_pieces_within_the_request_timeout_goes_upstream_whole() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The body comes after the head, in two parts: the proxy waits for it under
+    // REQUEST_TIMEOUT (the path a body takes when it was not there with the head).
+    let app = spawn_app(&[("REQUEST_TIMEOUT", "10s")]).await;
+    app.answer_posts().await;
+    let host = app.address.trim_start_matches("http://");
+    let mut sock = tokio::net::TcpStream::connect(host).await.unwrap();
+    let (first, second) = CHAT_BODY.split_at(CHAT_BODY.len() / 2);
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        CHAT_BODY.len()
+    );
+    for part in [head.as_str(), first, second] {
+        sock.write_all(part.as_bytes()).await.unwrap();
+        sock.flush().await.unwrap();
+        // A slow client: the proxy has read what there is and waits for more.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut reply = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), sock.read_to_end(&mut reply))
+        .await
+        .expect("the proxy answers")
+        .unwrap();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("x-cache: MISS"), "{reply}");
+    let received = app.upstream.received_requests().await.unwrap();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].body, CHAT_BODY.as_bytes());
 }
 
 #[tokio::test]
