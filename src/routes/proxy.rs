@@ -40,9 +40,11 @@ pub async fn forward(req: HttpRequest, payload: web::Payload) -> Result<HttpResp
     let state = req
         .app_data::<web::Data<AppState>>()
         .expect("AppState is registered");
-    let client = req
-        .app_data::<web::Data<awc::Client>>()
-        .expect("each worker registers its client");
+    // Looked up only for a request that goes upstream (a hit needs no client).
+    let client = || {
+        req.app_data::<web::Data<awc::Client>>()
+            .expect("each worker registers its client")
+    };
     reject_dot_segments(req.path())?;
     let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     // Worked out only for a request that goes upstream.
@@ -55,7 +57,7 @@ pub async fn forward(req: HttpRequest, payload: web::Payload) -> Result<HttpResp
     let directives = match request_policy(req.method(), req.path(), req.headers()) {
         Ok(d) => d,
         Err(reason) => {
-            let upstream = build_upstream_request(client, &req, url()?);
+            let upstream = build_upstream_request(client(), &req, url()?);
             let (res, took) = send_streaming(upstream, &req, payload, state).await?;
             return Ok(relay(res, reason, took, state));
         }
@@ -115,7 +117,7 @@ pub async fn forward(req: HttpRequest, payload: web::Payload) -> Result<HttpResp
                         Sibling::Alone => {}
                     }
                 }
-                let upstream = build_upstream_request(client, &req, url()?);
+                let upstream = build_upstream_request(client(), &req, url()?);
                 // Boxed: the call's state (1.8 KB) would otherwise be part of this handler's
                 // future, which actix moves into a box of its own on every request, hits too.
                 let lead = lead(upstream, body, flight, reader, key, forward, lock, state);
@@ -307,6 +309,7 @@ async fn read_limited(
     if expected.is_some_and(|n| n > limit) {
         return Err(too_large);
     }
+    let expected = expected.map_or(0, |n| usize::try_from(n).unwrap_or(0));
     // Not `Payload::to_bytes_limited`, which copies every body into a new 32 KB buffer: a
     // body that arrives in one chunk (the usual case) is kept as it came.
     let read = async move {
@@ -317,10 +320,7 @@ async fn read_limited(
             if (body.len() + chunk.len()) as u64 > limit {
                 return Err(too_large);
             }
-            body.push(
-                chunk,
-                expected.map_or(0, |n| usize::try_from(n).unwrap_or(0)),
-            );
+            body.push(chunk, expected);
         }
         Ok(body.into_bytes())
     };
