@@ -3,9 +3,27 @@
 //! client's body, sends it with Authorization and Content-Type to `UPSTREAM`, reads the whole
 //! answer (a cache has to, to store it) and returns it with its status and Content-Type. No
 //! cache, key, middleware, logging or timeouts: what the proxy adds over this is its own code.
+//!
+//! With `CACHE_MB` set it is STACK-CACHE: the same plus the least a cache on this stack does,
+//! with the proxy's cache crate set up as the proxy sets it up (moka's sync cache, LRU, bounded
+//! in bytes, a TTL, foldhash): a SHA-256 key over the method, the URI, Authorization,
+//! Content-Type and the body (nginx's key in `nginx.conf.in`), a lookup unless the request says
+//! `Cache-Control: no-cache`, and a 200 stored (its body copied out of the client's read
+//! buffer, as the proxy does) before it is answered; `X-Cache: HIT` or `MISS`. No canonical
+//! JSON, coalescing, alias index, eviction counts, token usage, metrics, logging or timeouts.
+//! What the proxy adds over STACK-CACHE is what it does beyond the least a cache must do.
 
-use actix_web::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{
+    AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue,
+};
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use moka::policy::EvictionPolicy;
+use sha2::{Digest, Sha256};
 
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -13,12 +31,77 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// The upstream's origin (`http://127.0.0.1:PORT`), the request's path appended.
 struct Upstream(String);
 
+/// A SHA-256 digest; its first word is already uniform, so that is all the map hashes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Key([u8; 32]);
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let (word, _) = self.0.split_first_chunk::<8>().expect("32 bytes");
+        state.write_u64(u64::from_ne_bytes(*word));
+    }
+}
+
+struct Entry {
+    content_type: Option<HeaderValue>,
+    body: web::Bytes,
+}
+
+type Cache = moka::sync::Cache<Key, Arc<Entry>, foldhash::fast::RandomState>;
+
+fn key_of(req: &HttpRequest, body: &[u8]) -> Key {
+    let mut h = Sha256::new();
+    let headers =
+        [AUTHORIZATION, CONTENT_TYPE].map(|n| req.headers().get(n).map(HeaderValue::as_bytes));
+    let uri = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    for part in [req.method().as_str().as_bytes(), uri.as_bytes()]
+        .into_iter()
+        .chain(headers.into_iter().map(|v| v.unwrap_or_default()))
+        .chain([body])
+    {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    Key(h.finalize().into())
+}
+
+/// An answer with `status`, `body` and, when given, its Content-Type and `X-Cache` (STACK-CACHE).
+fn respond(
+    status: StatusCode,
+    content_type: Option<&HeaderValue>,
+    body: web::Bytes,
+    x_cache: Option<&'static str>,
+) -> HttpResponse {
+    let mut response = HttpResponse::build(status);
+    if let Some(value) = content_type {
+        response.insert_header((CONTENT_TYPE, value.clone()));
+    }
+    if let Some(value) = x_cache {
+        response.insert_header((HeaderName::from_static("x-cache"), value));
+    }
+    response.body(body)
+}
+
 async fn forward(
     req: HttpRequest,
     body: web::Bytes,
     client: web::Data<awc::Client>,
     upstream: web::Data<Upstream>,
 ) -> HttpResponse {
+    // STACK-CACHE only; STACK does no more than look for the cache and not find it.
+    let cached = req
+        .app_data::<web::Data<Cache>>()
+        .map(|cache| (cache, key_of(&req, &body)));
+    if let Some((cache, key)) = &cached
+        && !req
+            .headers()
+            .get(CACHE_CONTROL)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"no-cache"))
+        && let Some(hit) = cache.get(key)
+    {
+        let body = hit.body.clone();
+        return respond(StatusCode::OK, hit.content_type.as_ref(), body, Some("HIT"));
+    }
     let mut outbound = client.request(req.method().clone(), format!("{}{}", upstream.0, req.uri()));
     for name in [AUTHORIZATION, CONTENT_TYPE] {
         if let Some(value) = req.headers().get(&name) {
@@ -33,11 +116,19 @@ async fn forward(
         Ok(bytes) => bytes,
         Err(err) => return HttpResponse::BadGateway().body(err.to_string()),
     };
-    let mut response = HttpResponse::build(answer.status());
-    if let Some(value) = answer.headers().get(CONTENT_TYPE) {
-        response.insert_header((CONTENT_TYPE, value.clone()));
+    let content_type = answer.headers().get(CONTENT_TYPE);
+    let Some((cache, key)) = cached else {
+        return respond(answer.status(), content_type, bytes, None);
+    };
+    if answer.status() == StatusCode::OK {
+        let entry = Entry {
+            content_type: content_type
+                .map(|v| HeaderValue::from_bytes(v.as_bytes()).expect("valid")),
+            body: web::Bytes::copy_from_slice(&bytes),
+        };
+        cache.insert(key, Arc::new(entry));
     }
-    response.body(bytes)
+    respond(answer.status(), content_type, bytes, Some("MISS"))
 }
 
 #[actix_web::main]
@@ -49,12 +140,31 @@ async fn main() -> std::io::Result<()> {
     let upstream = web::Data::new(Upstream(
         std::env::var("UPSTREAM").expect("UPSTREAM must be set (http://host:port)"),
     ));
+    let cache = std::env::var("CACHE_MB").ok().map(|mb| {
+        let mb: u64 = mb.parse().expect("CACHE_MB must be a whole number of MiB");
+        let cache: Cache = moka::sync::Cache::builder()
+            .max_capacity(mb << 20)
+            // The body, its Content-Type, and the 400 bytes the proxy counts for an entry's
+            // bookkeeping (`CachedResponse::weight`).
+            .weigher(|_, e: &Arc<Entry>| {
+                let content_type = e.content_type.as_ref().map_or(0, HeaderValue::len);
+                u32::try_from(e.body.len() + content_type + 400).unwrap_or(u32::MAX)
+            })
+            .eviction_policy(EvictionPolicy::lru())
+            .time_to_live(Duration::from_secs(3600))
+            .build_with_hasher(foldhash::fast::RandomState::default());
+        web::Data::new(cache)
+    });
     HttpServer::new(move || {
         // One client per worker, as the proxy has (awc::Client is not Send).
-        App::new()
+        let app = App::new()
             .app_data(web::Data::new(awc::Client::default()))
-            .app_data(upstream.clone())
-            .default_service(web::to(forward))
+            .app_data(upstream.clone());
+        match &cache {
+            Some(cache) => app.app_data(cache.clone()),
+            None => app,
+        }
+        .default_service(web::to(forward))
     })
     .bind(("127.0.0.1", port))?
     .run()

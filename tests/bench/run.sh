@@ -6,7 +6,9 @@
 # the upstream without reading HTTP: the least a second hop adds on this machine. FORWARD and
 # MISS-unique also go through STACK (forwarder.rs), a bare actix-web handler that forwards with
 # awc and returns the whole answer: the least a proxy on this project's stack does for a request
-# it has to send upstream, so what PROXY adds over STACK is this crate's own work.
+# it has to send upstream, so what PROXY adds over STACK is this crate's own work. STACK-CACHE
+# (the same forwarder with CACHE_MB) adds the least a cache on this stack does (a SHA-256 key,
+# moka's lookup and store): what PROXY adds over it is work beyond that least.
 # Scenarios: HIT, HIT-large, FORWARD (64 connections and 1), MISS-unique, STREAM, start-up; each
 # after a functional check, targets interleaved round by round. Prints a Markdown table and ratios.
 # Env: BENCH_SECONDS (per wrk run, default 5), BENCH_ROUNDS (interleaved rounds, default 5, min 2),
@@ -87,9 +89,10 @@ cargo build --release --bin openai-cache-proxy
 cargo build --release --example bench-upstream --example bench-forwarder
 
 # Distinct free ports: bind all before closing any.
-read -r UPSTREAM_PORT PROXY_PORT MISS_PORT NGINX_PORT REDIS_PORT L2W_PORT L2_PORT RELAY_PORT STACK_PORT < <(python3 -c '
+read -r UPSTREAM_PORT PROXY_PORT MISS_PORT NGINX_PORT REDIS_PORT L2W_PORT L2_PORT RELAY_PORT STACK_PORT \
+    STACK_CACHE_PORT < <(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(9)]
+socks = [socket.socket() for _ in range(10)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))')
@@ -127,6 +130,7 @@ MISS_PROXY="http://127.0.0.1:$MISS_PORT"
 NGINX="http://127.0.0.1:$NGINX_PORT"
 RELAY="http://127.0.0.1:$RELAY_PORT"
 STACK="http://127.0.0.1:$STACK_PORT"
+STACK_CACHE="http://127.0.0.1:$STACK_CACHE_PORT"
 CURL=(curl --silent --show-error --noproxy '*' --max-time 10)
 
 PORT="$UPSTREAM_PORT" target/release/examples/bench-upstream >"$WORK/upstream.log" 2>&1 &
@@ -135,6 +139,11 @@ UPSTREAM_PID="$!"
 PORT="$STACK_PORT" UPSTREAM="$UPSTREAM" target/release/examples/bench-forwarder >"$WORK/stack.log" 2>&1 &
 PIDS+=("$!")
 STACK_PID="$!"
+# Its cache as large as PROXY-MISS's, for MISS-unique.
+PORT="$STACK_CACHE_PORT" UPSTREAM="$UPSTREAM" CACHE_MB="$MISS_CACHE_MB" \
+    target/release/examples/bench-forwarder >"$WORK/stack-cache.log" 2>&1 &
+PIDS+=("$!")
+STACK_CACHE_PID="$!"
 
 # PROXY_URL is unset so an outbound proxy in the caller's environment cannot skew the numbers;
 # the long CACHE_TTL keeps entries fresh however long the run is.
@@ -175,6 +184,7 @@ wait_ready() { # name pid url
 wait_ready upstream "$UPSTREAM_PID" "$UPSTREAM/count"
 wait_ready proxy "$PROXY_PID" "$PROXY/health"
 wait_ready stack "$STACK_PID" "$STACK/count"
+wait_ready stack-cache "$STACK_CACHE_PID" "$STACK_CACHE/count"
 wait_ready nginx "$NGINX_PID" "$NGINX/count"
 
 # --- Functional checks: the numbers below must be real hits, real forwards, real misses. ---
@@ -315,6 +325,7 @@ url_of() {
         NGINX) echo "$NGINX" ;;
         RELAY) echo "$RELAY" ;;
         STACK) echo "$STACK" ;;
+        STACK-CACHE) echo "$STACK_CACHE" ;;
         PROXY) echo "$PROXY" ;;
         PROXY-MISS) echo "$MISS_PROXY" ;;
         PROXY-L2) echo "$L2_PROXY" ;;
@@ -366,14 +377,17 @@ measure HIT-large 64 "$B/embeddings.lua" none CEILING NGINX PROXY
 check_reaches_upstream FORWARD NGINX "$NGINX" "$WORK/chat.json" 'Cache-Control: no-cache'
 check_reaches_upstream FORWARD PROXY "$PROXY" "$WORK/chat.json" 'Cache-Control: no-cache'
 check_reaches_upstream FORWARD STACK "$STACK" "$WORK/chat.json" 'Cache-Control: no-cache'
-measure FORWARD 64 "$B/forward.lua" all DIRECT NGINX STACK PROXY
+# STACK-CACHE is a cache: identical requests are HITs, no-cache ones reach the upstream.
+check_hit FORWARD STACK-CACHE "$STACK_CACHE" /v1/chat/completions "$WORK/chat.json"
+check_reaches_upstream FORWARD STACK-CACHE "$STACK_CACHE" "$WORK/chat.json" 'Cache-Control: no-cache'
+measure FORWARD 64 "$B/forward.lua" all DIRECT NGINX STACK STACK-CACHE PROXY
 # RELAY: one socat process per connection (`fork`), each ending with its connection.
 socat TCP-LISTEN:"$RELAY_PORT",bind=127.0.0.1,reuseaddr,fork,nodelay \
     TCP:127.0.0.1:"$UPSTREAM_PORT",nodelay >"$WORK/relay.log" 2>&1 &
 PIDS+=("$!")
 RELAY_PID="$!"
 wait_ready relay "$RELAY_PID" "$RELAY/count"
-measure FORWARD-1c 1 "$B/forward.lua" all DIRECT RELAY STACK NGINX PROXY
+measure FORWARD-1c 1 "$B/forward.lua" all DIRECT RELAY STACK STACK-CACHE NGINX PROXY
 stop "$RELAY_PID"
 
 # MISS-unique: every body new, against a fresh proxy with a 64 MB cache whose RSS is sampled.
@@ -386,6 +400,7 @@ printf '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"bench miss 
     "$$" "$RANDOM" >"$WORK/unique.json"
 check_reaches_upstream MISS-unique NGINX "$NGINX" "$WORK/unique.json"
 check_reaches_upstream MISS-unique PROXY-MISS "$MISS_PROXY" "$WORK/unique.json"
+check_reaches_upstream MISS-unique STACK-CACHE "$STACK_CACHE" "$WORK/unique.json"
 (
     while kill -0 "$MISS_PID" 2>/dev/null; do
         echo "during $(rss_kb "$MISS_PID")" >>"$WORK/miss-rss"
@@ -394,7 +409,7 @@ check_reaches_upstream MISS-unique PROXY-MISS "$MISS_PROXY" "$WORK/unique.json"
 ) 2>/dev/null &
 PIDS+=("$!")
 SAMPLER_PID="$!"
-measure MISS-unique 64 "$B/unique.lua" all NGINX STACK PROXY-MISS
+measure MISS-unique 64 "$B/unique.lua" all NGINX STACK STACK-CACHE PROXY-MISS
 stop "$SAMPLER_PID"
 sleep 1
 echo "after $(rss_kb "$MISS_PID")" >>"$WORK/miss-rss"
@@ -402,6 +417,7 @@ echo "after $(rss_kb "$MISS_PID")" >>"$WORK/miss-rss"
 "${CURL[@]}" --fail --output "$WORK/miss-stats.json" "$MISS_PROXY/stats" || rm -f "$WORK/miss-stats.json"
 stop "$MISS_PID"
 stop "$STACK_PID"
+stop "$STACK_CACHE_PID"
 
 # HIT-L2: answers from Redis (L2). A writer proxy stores BENCH_L2_KEYS answers in Redis; the
 # measured proxy shares that Redis with an L1 of MAX_CACHE_SIZE=1 (~500 such entries), and
