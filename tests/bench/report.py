@@ -184,6 +184,7 @@ def main():
         "MISS-unique/NGINX": ("MISS-unique", "PROXY-MISS", "NGINX"),
         "CEILING/NGINX (HIT)": ("HIT", "CEILING", "NGINX"),
         "CEILING/NGINX (HIT-large)": ("HIT-large", "CEILING", "NGINX"),
+        "PROXY/CEILING (HIT-large)": ("HIT-large", "PROXY", "CEILING"),
         "STACK/NGINX (MISS-unique)": ("MISS-unique", "STACK", "NGINX"),
         "PROXY/STACK (MISS-unique)": ("MISS-unique", "PROXY-MISS", "STACK"),
         "STACK-CACHE/NGINX (MISS-unique)": ("MISS-unique", "STACK-CACHE", "NGINX"),
