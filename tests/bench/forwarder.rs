@@ -6,14 +6,14 @@
 //!
 //! With `CACHE_MB` set it is STACK-CACHE: the same plus the least a cache on this stack does,
 //! with the proxy's cache crate set up as the proxy sets it up (moka's sync cache, LRU, bounded
-//! in bytes, a TTL, foldhash): a SHA-256 key over the method, the URI, Authorization,
-//! Content-Type and the body (nginx's key in `nginx.conf.in`), a lookup unless the request says
-//! `Cache-Control: no-cache`, and a 200 stored (its body copied out of the client's read
-//! buffer, as the proxy does) before it is answered; `X-Cache: HIT` or `MISS`. No canonical
-//! JSON, coalescing, alias index, eviction counts, token usage, metrics, logging or timeouts.
-//! What the proxy adds over STACK-CACHE is what it does beyond the least a cache must do.
+//! in bytes, a TTL, foldhash): the proxy's own exact-bytes key (`KeyHasher::exact`: SHA-256
+//! over the method, the URI, its key headers and the body as sent), a lookup unless the
+//! request says `Cache-Control: no-cache`, and a 200 stored (its body copied out of the
+//! client's read buffer, as the proxy does) before it is answered; `X-Cache: HIT` or `MISS`.
+//! No canonical JSON, coalescing, alias index, eviction counts, token usage, metrics, logging
+//! or timeouts. What the proxy adds over STACK-CACHE is what it does beyond the least a cache
+//! must do.
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +23,7 @@ use actix_web::http::header::{
 };
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use moka::policy::EvictionPolicy;
-use sha2::{Digest, Sha256};
+use openai_cache_proxy::cache::{CacheKey, KeyHasher};
 
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -31,38 +31,16 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// The upstream's origin (`http://127.0.0.1:PORT`), the request's path appended.
 struct Upstream(String);
 
-/// A SHA-256 digest; its first word is already uniform, so that is all the map hashes.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Key([u8; 32]);
-
-impl Hash for Key {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        let (word, _) = self.0.split_first_chunk::<8>().expect("32 bytes");
-        state.write_u64(u64::from_ne_bytes(*word));
-    }
-}
-
 struct Entry {
     content_type: Option<HeaderValue>,
     body: web::Bytes,
 }
 
-type Cache = moka::sync::Cache<Key, Arc<Entry>, foldhash::fast::RandomState>;
+type Cache = moka::sync::Cache<CacheKey, Arc<Entry>, foldhash::fast::RandomState>;
 
-fn key_of(req: &HttpRequest, body: &[u8]) -> Key {
-    let mut h = Sha256::new();
-    let headers =
-        [AUTHORIZATION, CONTENT_TYPE].map(|n| req.headers().get(n).map(HeaderValue::as_bytes));
-    let uri = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-    for part in [req.method().as_str().as_bytes(), uri.as_bytes()]
-        .into_iter()
-        .chain(headers.into_iter().map(|v| v.unwrap_or_default()))
-        .chain([body])
-    {
-        h.update((part.len() as u64).to_le_bytes());
-        h.update(part);
-    }
-    Key(h.finalize().into())
+fn key_of(req: &HttpRequest, body: &[u8]) -> CacheKey {
+    let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    KeyHasher::new(req.method().as_str(), path_and_query, req.headers()).exact(body)
 }
 
 /// An answer with `status`, `body` and, when given, its Content-Type and `X-Cache` (STACK-CACHE).
