@@ -17,7 +17,7 @@ import statistics
 import sys
 
 SCENARIOS = (
-    ("HIT", "64 conns, 1.4 KB answer from cache", ("CEILING", "NGINX", "PROXY")),
+    ("HIT", "64 conns, 1.4 KB answer from cache", ("CEILING", "CEILING-HEAD", "NGINX", "PROXY")),
     ("HIT-large", "64 conns, 32 KB answer from cache", ("CEILING", "NGINX", "PROXY")),
     ("FORWARD", "64 conns, Cache-Control: no-cache", ("DIRECT", "NGINX", "STACK", "STACK-CACHE", "PROXY")),
     ("FORWARD-1c", "1 conn, Cache-Control: no-cache",
@@ -183,6 +183,8 @@ def main():
         "FORWARD/NGINX": ("FORWARD", "PROXY", "NGINX"),
         "MISS-unique/NGINX": ("MISS-unique", "PROXY-MISS", "NGINX"),
         "CEILING/NGINX (HIT)": ("HIT", "CEILING", "NGINX"),
+        "CEILING-HEAD/CEILING (HIT)": ("HIT", "CEILING-HEAD", "CEILING"),
+        "PROXY/CEILING-HEAD (HIT)": ("HIT", "PROXY", "CEILING-HEAD"),
         "CEILING/NGINX (HIT-large)": ("HIT-large", "CEILING", "NGINX"),
         "PROXY/CEILING (HIT-large)": ("HIT-large", "PROXY", "CEILING"),
         "STACK/NGINX (MISS-unique)": ("MISS-unique", "STACK", "NGINX"),
@@ -200,6 +202,11 @@ def main():
     for t in ("RELAY", "STACK", "STACK-CACHE", "NGINX", "PROXY"):
         m, per = paired_added(t)
         print(f"  FORWARD-1c {t} added p50 ms: {', '.join(f'{x:+.3f}' for x in per)} -> {m:+.3f}")
+    print("\nCEILING-HEAD, the bare handler sending a proxy HIT's head too (X-Cache, Age, Cache-Status,"
+          " X-Cache-Key, X-Cache-Timestamp, X-Request-Id, X-Proxy): CEILING-HEAD / CEILING"
+          f" {paired_of['CEILING-HEAD/CEILING (HIT)'][0]:.2f} (what that head costs),"
+          f" PROXY / CEILING-HEAD {paired_of['PROXY/CEILING-HEAD (HIT)'][0]:.2f} (what the proxy's"
+          " code costs on a HIT)")
     figures = [
         fig("HIT/CEILING", paired_of["HIT/CEILING"][0], ".2f", ">=", 0.80),
         fig("HIT/NGINX", paired_of["HIT/NGINX"][0], ".2f", ">=", 1.6),

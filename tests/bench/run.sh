@@ -2,6 +2,8 @@
 # Side-by-side bench (`make bench`, issue 6), all on 127.0.0.1 in one run: the proxy (PROXY,
 # release build) against a bare actix-web handler serving the same bytes (CEILING, also the
 # upstream: DIRECT) and Debian's nginx as a caching reverse proxy (NGINX, config: nginx.conf.in).
+# In HIT, CEILING-HEAD is the bare handler sending the proxy's HIT head too (its X-Cache, Age,
+# Cache-Status, ... headers): what that head costs, apart from what the proxy's code costs.
 # FORWARD at one connection also goes through RELAY, socat copying bytes between the client and
 # the upstream without reading HTTP: the least a second hop adds on this machine. FORWARD and
 # MISS-unique also go through STACK (forwarder.rs), a bare actix-web handler that forwards with
@@ -90,9 +92,9 @@ cargo build --release --example bench-upstream --example bench-forwarder
 
 # Distinct free ports: bind all before closing any.
 read -r UPSTREAM_PORT PROXY_PORT MISS_PORT NGINX_PORT REDIS_PORT L2W_PORT L2_PORT RELAY_PORT STACK_PORT \
-    STACK_CACHE_PORT < <(python3 -c '
+    STACK_CACHE_PORT CEILING_HEAD_PORT < <(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(10)]
+socks = [socket.socket() for _ in range(11)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))')
@@ -131,6 +133,7 @@ NGINX="http://127.0.0.1:$NGINX_PORT"
 RELAY="http://127.0.0.1:$RELAY_PORT"
 STACK="http://127.0.0.1:$STACK_PORT"
 STACK_CACHE="http://127.0.0.1:$STACK_CACHE_PORT"
+CEILING_HEAD="http://127.0.0.1:$CEILING_HEAD_PORT"
 CURL=(curl --silent --show-error --noproxy '*' --max-time 10)
 
 PORT="$UPSTREAM_PORT" target/release/examples/bench-upstream >"$WORK/upstream.log" 2>&1 &
@@ -322,6 +325,7 @@ run_wrk() { # scenario target base-url connections round lua [script-args...]
 url_of() {
     case "$1" in
         CEILING | DIRECT) echo "$UPSTREAM" ;;
+        CEILING-HEAD) echo "$CEILING_HEAD" ;;
         NGINX) echo "$NGINX" ;;
         RELAY) echo "$RELAY" ;;
         STACK) echo "$STACK" ;;
@@ -345,7 +349,7 @@ measure() { # scenario connections lua expect targets...
             run_wrk "$scenario" "$target" "$(url_of "$target")" "$conns" "$round" "$lua" \
                 -- "$target-$round-$$-$RANDOM"
             after="$(upstream_count)"
-            [[ "$target" == CEILING || "$target" == DIRECT ]] && continue
+            [[ "$target" == CEILING* || "$target" == DIRECT ]] && continue
             if [[ "$expect" == none && "$after" != "$before" ]]; then
                 die "$scenario $target round $round: upstream served $((after - before))" \
                     "requests: not all HITs"
@@ -366,7 +370,25 @@ rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 # HIT: the 1.4 KB chat completion.
 check_hit HIT NGINX "$NGINX" /v1/chat/completions "$WORK/chat.json"
 check_hit HIT PROXY "$PROXY" /v1/chat/completions "$WORK/chat.json"
-measure HIT 64 "$B/post.lua" none CEILING NGINX PROXY
+# CEILING-HEAD: the bare handler sending the head of that proxy HIT too (all but the status line
+# and the headers it sets itself), so the cost of the head is apart from the proxy's code.
+tr -d '\r' <"$WORK/check-HIT-PROXY-3.h" | sed 1d |
+    grep -Eiv '^(content-length|content-type|date):|^$' >"$WORK/proxy-head.txt"
+PORT="$CEILING_HEAD_PORT" HEAD_FROM="$WORK/proxy-head.txt" target/release/examples/bench-upstream \
+    >"$WORK/ceiling-head.log" 2>&1 &
+PIDS+=("$!")
+CEILING_HEAD_PID="$!"
+wait_ready ceiling-head "$CEILING_HEAD_PID" "$CEILING_HEAD/count"
+post "$CEILING_HEAD" /v1/chat/completions "$WORK/chat.json" "$WORK/check-HIT-CEILING-HEAD"
+names() { tr -d '\r' <"$1" | sed 1d | awk -F: 'NF > 1 {print tolower($1)}' | sort; }
+[[ "$(names "$WORK/check-HIT-CEILING-HEAD.h")" == "$(names "$WORK/check-HIT-PROXY-3.h")" ]] ||
+    die "CEILING-HEAD's header names differ from a proxy HIT's:" \
+        "$(diff <(names "$WORK/check-HIT-CEILING-HEAD.h") <(names "$WORK/check-HIT-PROXY-3.h") | tr '\n' ' ')"
+same_body "HIT CEILING-HEAD" "$WORK/check-HIT-PROXY-direct.b" "$WORK/check-HIT-CEILING-HEAD.b"
+say "HIT CEILING-HEAD: functional check ok (the header names of a proxy HIT," \
+    "$(wc -c <"$WORK/check-HIT-CEILING-HEAD.h") B of head against the proxy's $(wc -c <"$WORK/check-HIT-PROXY-3.h") B, body identical)"
+measure HIT 64 "$B/post.lua" none CEILING CEILING-HEAD NGINX PROXY
+stop "$CEILING_HEAD_PID"
 
 # HIT-large: the ~32 KB embeddings answer.
 check_hit HIT-large NGINX "$NGINX" /v1/embeddings "$WORK/embeddings.json"

@@ -1,13 +1,19 @@
 //! Bench upstream and ceiling: a fixed chat completion (JSON or SSE), a fixed ~32 KB embeddings
 //! answer on `POST /v1/embeddings`, and `GET /count`.
+//!
+//! With `HEAD_FROM` (a file of `name: value` lines) it is CEILING-HEAD: every JSON answer also
+//! carries those headers. `run.sh` fills the file from a proxy HIT's head, so this bare handler
+//! answers with the proxy's response head as well as its body: what sending that head costs the
+//! framework (and wrk, reading it) is then apart from what the proxy's own code costs.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::{App, HttpResponse, HttpResponseBuilder, HttpServer, web};
 use futures_util::stream::{self, Stream};
 
 /// Requests answered with [`BODY`], [`EMBEDDING`] or an event stream; `GET /count` itself is not counted.
@@ -48,12 +54,42 @@ static EMBEDDING: LazyLock<web::Bytes> = LazyLock::new(|| {
     web::Bytes::from(json)
 });
 
+/// The extra headers of CEILING-HEAD (`HEAD_FROM`); empty otherwise.
+static HEAD: OnceLock<Vec<(HeaderName, HeaderValue)>> = OnceLock::new();
+
+/// Reads `name: value` lines (a response head without its status line, as curl dumps it).
+fn read_head(path: &str) -> Vec<(HeaderName, HeaderValue)> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("HEAD_FROM {path}: {e}"));
+    text.lines()
+        .map(|line| line.trim_end_matches('\r'))
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            let (name, value) = line
+                .split_once(':')
+                .unwrap_or_else(|| panic!("HEAD_FROM {path}: not a header line: {line}"));
+            let name = HeaderName::from_bytes(name.trim().as_bytes())
+                .unwrap_or_else(|e| panic!("HEAD_FROM {path}: header name {name:?}: {e}"));
+            let value = HeaderValue::from_str(value.trim())
+                .unwrap_or_else(|e| panic!("HEAD_FROM {path}: value of {name}: {e}"));
+            (name, value)
+        })
+        .collect()
+}
+
+/// A 200 of JSON, with CEILING-HEAD's headers when there are any.
+fn json_ok() -> HttpResponseBuilder {
+    let mut response = HttpResponse::Ok();
+    response.content_type("application/json");
+    for (name, value) in HEAD.get().map_or(&[][..], Vec::as_slice) {
+        response.append_header((name.clone(), value.clone()));
+    }
+    response
+}
+
 /// Reads the request body, like [`completion`], so the connection stays open.
 async fn embeddings(_body: web::Bytes) -> HttpResponse {
     SERVED.fetch_add(1, Ordering::Relaxed);
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(EMBEDDING.clone())
+    json_ok().body(EMBEDDING.clone())
 }
 
 /// Reads the request body, to spot [`STREAM_FLAG`] and because actix answers `Connection: close`
@@ -65,9 +101,7 @@ async fn completion(body: web::Bytes) -> HttpResponse {
             .content_type("text/event-stream")
             .streaming(events());
     }
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(BODY)
+    json_ok().body(BODY)
 }
 
 /// About 120 bytes per event, shaped like an OpenAI `chat.completion.chunk`; the same bytes
@@ -108,6 +142,8 @@ async fn main() -> std::io::Result<()> {
         .parse()
         .expect("PORT must be a port number");
     LazyLock::force(&EMBEDDING);
+    let head = std::env::var("HEAD_FROM").map_or_else(|_| Vec::new(), |path| read_head(&path));
+    HEAD.set(head).expect("set once, before the server starts");
     HttpServer::new(|| {
         App::new()
             .route("/count", web::get().to(count))
