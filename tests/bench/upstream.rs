@@ -8,8 +8,8 @@
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{LazyLock, OnceLock};
 use std::time::Duration;
 
 use actix_web::http::header::{HeaderName, HeaderValue};
@@ -55,7 +55,9 @@ static EMBEDDING: LazyLock<web::Bytes> = LazyLock::new(|| {
 });
 
 /// The extra headers of CEILING-HEAD (`HEAD_FROM`); empty otherwise.
-static HEAD: OnceLock<Vec<(HeaderName, HeaderValue)>> = OnceLock::new();
+static HEAD: LazyLock<Vec<(HeaderName, HeaderValue)>> = LazyLock::new(|| {
+    std::env::var("HEAD_FROM").map_or_else(|_| Vec::new(), |path| read_head(&path))
+});
 
 /// Reads `name: value` lines (a response head without its status line, as curl dumps it).
 fn read_head(path: &str) -> Vec<(HeaderName, HeaderValue)> {
@@ -80,7 +82,7 @@ fn read_head(path: &str) -> Vec<(HeaderName, HeaderValue)> {
 fn json_ok() -> HttpResponseBuilder {
     let mut response = HttpResponse::Ok();
     response.content_type("application/json");
-    for (name, value) in HEAD.get().map_or(&[][..], Vec::as_slice) {
+    for (name, value) in HEAD.iter() {
         response.append_header((name.clone(), value.clone()));
     }
     response
@@ -142,8 +144,8 @@ async fn main() -> std::io::Result<()> {
         .parse()
         .expect("PORT must be a port number");
     LazyLock::force(&EMBEDDING);
-    let head = std::env::var("HEAD_FROM").map_or_else(|_| Vec::new(), |path| read_head(&path));
-    HEAD.set(head).expect("set once, before the server starts");
+    // A bad HEAD_FROM stops it here, not in a worker.
+    LazyLock::force(&HEAD);
     HttpServer::new(|| {
         App::new()
             .route("/count", web::get().to(count))
