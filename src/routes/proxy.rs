@@ -344,7 +344,9 @@ async fn read_limited(
         .map_err(|_| ProxyError::RequestTimeout(config.request_timeout))?
 }
 
-/// Returns to the executor once, asking to be polled again straight away.
+/// Returns to the executor once, asking to be polled again straight away. Not
+/// `tokio::task::yield_now`: that hands the waker to the scheduler, which wakes it only after
+/// it has run out of ready tasks and polled its I/O driver (an `epoll_wait` per request).
 async fn once_more() {
     let mut woken = false;
     std::future::poll_fn(|cx| {
