@@ -37,7 +37,9 @@ async fn main() -> ExitCode {
         Ok(f) => f,
         Err(e) => return fail(&e),
     };
-    telemetry::init(config.log_format, filter, std::io::stdout);
+    // Held to the end: dropping it writes out the lines still queued.
+    let (stdout, _flush_on_exit) = telemetry::stdout_writer();
+    telemetry::init(config.log_format, filter, stdout);
 
     let app = match Application::build(config) {
         Ok(app) => app,

@@ -1,6 +1,11 @@
 //! Logs: one structured line per request, and never a secret, even at trace level.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -8,7 +13,7 @@ use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::config::start_binary;
-use crate::helpers::{CHAT_ANSWER, CHAT_BODY, client, closed_port};
+use crate::helpers::{CHAT_ANSWER, CHAT_BODY, client, closed_port, eventually};
 use crate::tinyproxy::{PROXY_PASSWORD, PROXY_USER, Tinyproxy};
 
 const API_KEY: &str = "sk-live-DO-NOT-LOG-4f9a8b7c";
@@ -204,4 +209,116 @@ async fn an_upstream_failure_is_logged_at_warn_with_its_cause() {
     let lines = request_lines(&logs, "refused-1");
     assert_eq!(lines.len(), 1, "{logs}");
     assert_eq!(lines[0]["status"], 502);
+}
+
+/// A reader of stdout that stops reading (a log shipper that is down) holds requests back once
+/// the queued lines fill up, and every line is written once it reads again: none is dropped.
+#[tokio::test]
+async fn a_stalled_stdout_holds_requests_back_and_loses_no_log_line() {
+    // Well past what can wait unread: the writer thread's 1,024 queued lines, its 64 KB
+    // buffer and the pipe's 64 KB (a line here is about 330 bytes, so some 1,400 lines).
+    const REQUESTS: usize = 4_000;
+    let (mut child, base) = start_binary(&[("LOG_FORMAT", "json")]).await;
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let done = Arc::new(AtomicUsize::new(0));
+    let sender = tokio::spawn({
+        let done = done.clone();
+        let http = client();
+        let url = format!("{base}/not-a-route");
+        futures_util::stream::iter(0..REQUESTS)
+            .map(move |_| {
+                let (http, url, done) = (http.clone(), url.clone(), done.clone());
+                async move {
+                    let res = http.get(url).header("x-request-id", "stall-1").send().await;
+                    assert_eq!(res.expect("the request is answered").status(), 404);
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+            .buffer_unordered(32)
+            .collect::<Vec<()>>()
+    });
+
+    // Nobody reads stdout yet: the requests must come to a stop short of the last one. A stop
+    // can only be seen over time: no request answered for half a second.
+    let mut last = usize::MAX;
+    let held_at = eventually(
+        Duration::from_secs(60),
+        "requests to stop while stdout is not read",
+        || {
+            let now = done.load(Ordering::Relaxed);
+            let still = now == last;
+            last = now;
+            async move {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                still.then_some(now)
+            }
+        },
+    )
+    .await;
+    assert!(
+        held_at < REQUESTS,
+        "all {REQUESTS} requests were answered while nobody read stdout: lines were dropped"
+    );
+
+    let reader = tokio::spawn(async move {
+        let mut out = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut out)
+            .await
+            .map(|_| out)
+    });
+    sender
+        .await
+        .expect("every request is answered once stdout is read again");
+    let pid = Pid::from_raw(child.id().unwrap() as i32);
+    kill(pid, Signal::SIGTERM).expect("SIGTERM delivered");
+    child.wait().await.unwrap();
+    let logs = reader.await.unwrap().unwrap();
+    assert_eq!(request_lines(&logs, "stall-1").len(), REQUESTS);
+}
+
+/// `pretty` lines show the request span: a request's `warn` line says which request it was.
+/// (JSON lines carry the request's fields on its own access log line instead.)
+#[tokio::test]
+async fn pretty_logs_name_the_request_on_its_warn_lines() {
+    let unreachable = format!("http://127.0.0.1:{}", closed_port());
+    let vars = [
+        ("OPENAI_API_URL", unreachable.as_str()),
+        ("LOG_FORMAT", "pretty"),
+        ("RUST_LOG", "info"),
+    ];
+    let logs = logs_of(&vars, |base| async move {
+        let res = client()
+            .post(format!("{base}/v1/chat/completions"))
+            .body(CHAT_BODY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 502);
+    })
+    .await;
+    let plain = without_ansi_escapes(&logs);
+    let warned: Vec<&str> = plain
+        .lines()
+        .filter(|l| l.contains("upstream request failed"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{plain}");
+    assert!(
+        warned[0].contains("request{method=POST path=/v1/chat/completions}"),
+        "{}",
+        warned[0]
+    );
+}
+
+/// The text without its colour and style codes (`ESC [ ... m`).
+fn without_ansi_escapes(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
