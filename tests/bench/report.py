@@ -17,7 +17,7 @@ import statistics
 import sys
 
 SCENARIOS = (
-    ("HIT", "64 conns, 1.4 KB answer from cache", ("CEILING", "CEILING-HEAD", "NGINX", "PROXY")),
+    ("HIT", "64 conns, 1.4 KB answer from cache", ("CEILING", "CEILING-HEAD", "NGINX", "PROXY", "PROXY-INFO")),
     ("HIT-large", "64 conns, 32 KB answer from cache", ("CEILING", "NGINX", "PROXY")),
     ("FORWARD", "64 conns, Cache-Control: no-cache", ("DIRECT", "NGINX", "STACK", "STACK-CACHE", "PROXY")),
     ("FORWARD-1c", "1 conn, Cache-Control: no-cache",
@@ -185,6 +185,8 @@ def main():
         "CEILING/NGINX (HIT)": ("HIT", "CEILING", "NGINX"),
         "CEILING-HEAD/CEILING (HIT)": ("HIT", "CEILING-HEAD", "CEILING"),
         "PROXY/CEILING-HEAD (HIT)": ("HIT", "PROXY", "CEILING-HEAD"),
+        "PROXY-INFO/PROXY (HIT)": ("HIT", "PROXY-INFO", "PROXY"),
+        "PROXY-INFO/CEILING (HIT)": ("HIT", "PROXY-INFO", "CEILING"),
         "CEILING/NGINX (HIT-large)": ("HIT-large", "CEILING", "NGINX"),
         "PROXY/CEILING (HIT-large)": ("HIT-large", "PROXY", "CEILING"),
         "STACK/NGINX (MISS-unique)": ("MISS-unique", "STACK", "NGINX"),
@@ -207,6 +209,9 @@ def main():
           f" {paired_of['CEILING-HEAD/CEILING (HIT)'][0]:.2f} (what that head costs),"
           f" PROXY / CEILING-HEAD {paired_of['PROXY/CEILING-HEAD (HIT)'][0]:.2f} (what the proxy's"
           " code costs on a HIT)")
+    print("PROXY-INFO, the proxy at its default RUST_LOG=info (an access log line per request, to a"
+          f" pipe): PROXY-INFO / PROXY {paired_of['PROXY-INFO/PROXY (HIT)'][0]:.2f} (what the log"
+          f" costs a HIT), PROXY-INFO / CEILING {paired_of['PROXY-INFO/CEILING (HIT)'][0]:.2f}")
     figures = [
         fig("HIT/CEILING", paired_of["HIT/CEILING"][0], ".2f", ">=", 0.80),
         fig("HIT/NGINX", paired_of["HIT/NGINX"][0], ".2f", ">=", 1.6),

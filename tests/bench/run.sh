@@ -3,7 +3,9 @@
 # release build) against a bare actix-web handler serving the same bytes (CEILING, also the
 # upstream: DIRECT) and Debian's nginx as a caching reverse proxy (NGINX, config: nginx.conf.in).
 # In HIT, CEILING-HEAD is the bare handler sending the proxy's HIT head too (its X-Cache, Age,
-# Cache-Status, ... headers): what that head costs, apart from what the proxy's code costs.
+# Cache-Status, ... headers): what that head costs, apart from what the proxy's code costs; and
+# PROXY-INFO is the proxy at its default RUST_LOG=info (PROXY runs at warn, as NGINX has its
+# access log off), an access log line per request written to a pipe, as under Docker.
 # FORWARD at one connection also goes through RELAY, socat copying bytes between the client and
 # the upstream without reading HTTP: the least a second hop adds on this machine. FORWARD and
 # MISS-unique also go through STACK (forwarder.rs), a bare actix-web handler that forwards with
@@ -92,9 +94,9 @@ cargo build --release --example bench-upstream --example bench-forwarder
 
 # Distinct free ports: bind all before closing any.
 read -r UPSTREAM_PORT PROXY_PORT MISS_PORT NGINX_PORT REDIS_PORT L2W_PORT L2_PORT RELAY_PORT STACK_PORT \
-    STACK_CACHE_PORT CEILING_HEAD_PORT < <(python3 -c '
+    STACK_CACHE_PORT CEILING_HEAD_PORT PROXY_INFO_PORT < <(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(11)]
+socks = [socket.socket() for _ in range(12)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))')
@@ -134,6 +136,7 @@ RELAY="http://127.0.0.1:$RELAY_PORT"
 STACK="http://127.0.0.1:$STACK_PORT"
 STACK_CACHE="http://127.0.0.1:$STACK_CACHE_PORT"
 CEILING_HEAD="http://127.0.0.1:$CEILING_HEAD_PORT"
+PROXY_INFO="http://127.0.0.1:$PROXY_INFO_PORT"
 CURL=(curl --silent --show-error --noproxy '*' --max-time 10)
 
 PORT="$UPSTREAM_PORT" target/release/examples/bench-upstream >"$WORK/upstream.log" 2>&1 &
@@ -159,6 +162,11 @@ start_proxy() { # port log-name [VAR=value...]; sets STARTED_PID
 }
 start_proxy "$PROXY_PORT" proxy
 PROXY_PID="$STARTED_PID"
+# Its access log lines are counted at the end of the pipe (written when it stops).
+"${PROXY_ENV[@]}" RUST_LOG=info PORT="$PROXY_INFO_PORT" target/release/openai-cache-proxy \
+    > >(grep -c '"message":"request"' >"$WORK/proxy-info.lines") 2>"$WORK/proxy-info.log" &
+PROXY_INFO_PID="$!"
+PIDS+=("$PROXY_INFO_PID")
 
 mkdir -p "$WORK/nginx"
 nginx_user=""
@@ -186,6 +194,7 @@ wait_ready() { # name pid url
 }
 wait_ready upstream "$UPSTREAM_PID" "$UPSTREAM/count"
 wait_ready proxy "$PROXY_PID" "$PROXY/health"
+wait_ready proxy-info "$PROXY_INFO_PID" "$PROXY_INFO/health"
 wait_ready stack "$STACK_PID" "$STACK/count"
 wait_ready stack-cache "$STACK_CACHE_PID" "$STACK_CACHE/count"
 wait_ready nginx "$NGINX_PID" "$NGINX/count"
@@ -331,6 +340,7 @@ url_of() {
         STACK) echo "$STACK" ;;
         STACK-CACHE) echo "$STACK_CACHE" ;;
         PROXY) echo "$PROXY" ;;
+        PROXY-INFO) echo "$PROXY_INFO" ;;
         PROXY-MISS) echo "$MISS_PROXY" ;;
         PROXY-L2) echo "$L2_PROXY" ;;
     esac
@@ -387,8 +397,19 @@ names() { tr -d '\r' <"$1" | sed 1d | awk -F: 'NF > 1 {print tolower($1)}' | sor
 same_body "HIT CEILING-HEAD" "$WORK/check-HIT-PROXY-direct.b" "$WORK/check-HIT-CEILING-HEAD.b"
 say "HIT CEILING-HEAD: functional check ok (the header names of a proxy HIT," \
     "$(wc -c <"$WORK/check-HIT-CEILING-HEAD.h") B of head against the proxy's $(wc -c <"$WORK/check-HIT-PROXY-3.h") B, body identical)"
-measure HIT 64 "$B/post.lua" none CEILING CEILING-HEAD NGINX PROXY
+check_hit HIT PROXY-INFO "$PROXY_INFO" /v1/chat/completions "$WORK/chat.json"
+measure HIT 64 "$B/post.lua" none CEILING CEILING-HEAD NGINX PROXY PROXY-INFO
 stop "$CEILING_HEAD_PID"
+# PROXY-INFO must have logged every request it answered: wrk's, the check's 3 and a /health.
+stop "$PROXY_INFO_PID"
+info_answered=$(awk '$1 == "HIT" && $2 == "PROXY-INFO" {n += $6} END {print n + 4}' "$WORK/results")
+deadline=$((SECONDS + 10))
+until [[ -s "$WORK/proxy-info.lines" ]] || ((SECONDS > deadline)); do sleep 0.1; done
+info_lines="$(cat "$WORK/proxy-info.lines" 2>/dev/null || true)"
+[[ -n "$info_lines" ]] && ((info_lines >= info_answered)) ||
+    die "PROXY-INFO logged ${info_lines:-no} access lines for at least $info_answered requests"
+say "HIT PROXY-INFO: $info_lines access log lines for the $info_answered requests wrk and the" \
+    "checks completed (requests in flight when wrk stops are answered and logged too)"
 
 # HIT-large: the ~32 KB embeddings answer.
 check_hit HIT-large NGINX "$NGINX" /v1/embeddings "$WORK/embeddings.json"
