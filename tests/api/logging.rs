@@ -19,9 +19,10 @@ use crate::tinyproxy::{PROXY_PASSWORD, PROXY_USER, Tinyproxy};
 const API_KEY: &str = "sk-live-DO-NOT-LOG-4f9a8b7c";
 const ADMIN_TOKEN: &str = "admin-DO-NOT-LOG-1c2d3e";
 
-/// Runs the binary with `vars` and JSON logs, lets `drive` send requests to its base URL,
-/// stops it gracefully and returns all it logged. The stop matters: a request's line is
-/// written when its response body ends, which may be just after the client read the last byte.
+/// Runs the binary with `vars` (JSON logs unless they set LOG_FORMAT), lets `drive` send
+/// requests to its base URL, stops it gracefully and returns all it logged. The stop matters: a
+/// request's line is written when its response body ends, which may be just after the client
+/// read the last byte.
 async fn logs_of<F, Fut>(vars: &[(&str, &str)], drive: F) -> String
 where
     F: FnOnce(String) -> Fut,
@@ -181,22 +182,7 @@ async fn the_access_log_names_the_client_ip_and_never_the_query_string() {
 
 #[tokio::test]
 async fn an_upstream_failure_is_logged_at_warn_with_its_cause() {
-    let unreachable = format!("http://127.0.0.1:{}", closed_port());
-    let vars = [
-        ("OPENAI_API_URL", unreachable.as_str()),
-        ("RUST_LOG", "info"),
-    ];
-    let logs = logs_of(&vars, |base| async move {
-        let res = client()
-            .post(format!("{base}/v1/chat/completions"))
-            .header("x-request-id", "refused-1")
-            .body(CHAT_BODY)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 502);
-    })
-    .await;
+    let logs = logs_of_a_refused_request("json").await;
     let warned: Vec<serde_json::Value> = logs
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
@@ -209,6 +195,28 @@ async fn an_upstream_failure_is_logged_at_warn_with_its_cause() {
     let lines = request_lines(&logs, "refused-1");
     assert_eq!(lines.len(), 1, "{logs}");
     assert_eq!(lines[0]["status"], 502);
+}
+
+/// What the binary logs at `info` in `format` for one chat completion (`X-Request-Id:
+/// refused-1`) answered 502 because nothing listens at the upstream's address.
+async fn logs_of_a_refused_request(format: &str) -> String {
+    let unreachable = format!("http://127.0.0.1:{}", closed_port());
+    let vars = [
+        ("OPENAI_API_URL", unreachable.as_str()),
+        ("LOG_FORMAT", format),
+        ("RUST_LOG", "info"),
+    ];
+    logs_of(&vars, |base| async move {
+        let res = client()
+            .post(format!("{base}/v1/chat/completions"))
+            .header("x-request-id", "refused-1")
+            .body(CHAT_BODY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 502);
+    })
+    .await
 }
 
 /// A reader of stdout that stops reading (a log shipper that is down) holds requests back once
@@ -280,23 +288,7 @@ async fn a_stalled_stdout_holds_requests_back_and_loses_no_log_line() {
 /// (JSON lines carry the request's fields on its own access log line instead.)
 #[tokio::test]
 async fn pretty_logs_name_the_request_on_its_warn_lines() {
-    let unreachable = format!("http://127.0.0.1:{}", closed_port());
-    let vars = [
-        ("OPENAI_API_URL", unreachable.as_str()),
-        ("LOG_FORMAT", "pretty"),
-        ("RUST_LOG", "info"),
-    ];
-    let logs = logs_of(&vars, |base| async move {
-        let res = client()
-            .post(format!("{base}/v1/chat/completions"))
-            .body(CHAT_BODY)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 502);
-    })
-    .await;
-    let plain = without_ansi_escapes(&logs);
+    let plain = without_ansi_escapes(&logs_of_a_refused_request("pretty").await);
     let warned: Vec<&str> = plain
         .lines()
         .filter(|l| l.contains("upstream request failed"))
