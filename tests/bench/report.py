@@ -17,7 +17,8 @@ import statistics
 import sys
 
 SCENARIOS = (
-    ("HIT", "64 conns, 1.4 KB answer from cache", ("CEILING", "CEILING-HEAD", "NGINX", "PROXY", "PROXY-INFO")),
+    ("HIT", "64 conns, 1.4 KB answer from cache",
+     ("CEILING", "CEILING-HEAD", "NGINX", "PROXY", "PROXY-INFO")),
     ("HIT-large", "64 conns, 32 KB answer from cache", ("CEILING", "NGINX", "PROXY")),
     ("FORWARD", "64 conns, Cache-Control: no-cache", ("DIRECT", "NGINX", "STACK", "STACK-CACHE", "PROXY")),
     ("FORWARD-1c", "1 conn, Cache-Control: no-cache",
