@@ -10,7 +10,9 @@
 # MISS-unique scenario; CALLGRIND_MODE=ceiling counts the same requests answered by the bare
 # actix-web handler of `make bench` (CEILING), the floor a HIT is compared with;
 # CALLGRIND_MODE=stack counts the same no-cache requests through the bench's bare actix-web + awc
-# forwarder (STACK), the floor a forward or a miss is compared with.
+# forwarder (STACK), the floor a forward or a miss is compared with; CALLGRIND_MODE=stack-cache
+# counts the same HITs answered by that forwarder with its cache (STACK-CACHE: key, lookup,
+# stored bytes out), the least a HIT costs on this stack.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${HIT_REQUESTS:-2000}
@@ -21,7 +23,8 @@ case "$MODE" in
   miss) extra=(unique) ;;
   ceiling) extra=() ;;
   stack) extra=(no-cache) ;;
-  *) echo "CALLGRIND_MODE must be hit, forward, miss, ceiling or stack, got '$MODE'" >&2; exit 2 ;;
+  stack-cache) extra=() ;;
+  *) echo "CALLGRIND_MODE must be hit, forward, miss, ceiling, stack or stack-cache, got '$MODE'" >&2; exit 2 ;;
 esac
 command -v valgrind >/dev/null || { echo "valgrind not found: apt-get install valgrind" >&2; exit 1; }
 export CARGO_TARGET_DIR=target/callgrind
@@ -43,10 +46,12 @@ run() {
   local target=$bin/openai-cache-proxy
   [ "$MODE" = ceiling ] && target=$bin/examples/bench-upstream
   [ "$MODE" = stack ] && target=$bin/examples/bench-forwarder
+  local cache_mb=()
+  [ "$MODE" = stack-cache ] && target=$bin/examples/bench-forwarder && cache_mb=(CACHE_MB=64)
   local size=100
   [ "$MODE" = miss ] && size=1
   env -i PORT="$px" MAX_CACHE_SIZE="$size" HOST=127.0.0.1 OPENAI_API_URL="http://127.0.0.1:$up" UPSTREAM="http://127.0.0.1:$up" RATE_LIMIT=0 RUST_LOG=warn \
-    CACHE_TTL=1h valgrind --tool=callgrind --callgrind-out-file="$out/cg.$1" "$target" \
+    CACHE_TTL=1h "${cache_mb[@]}" valgrind --tool=callgrind --callgrind-out-file="$out/cg.$1" "$target" \
     >"$out/proxy.$1.log" 2>&1 &
   local vg=$!
   for _ in $(seq 1 150); do curl -s -o /dev/null "http://127.0.0.1:$px/health" && break; sleep 0.2; done
@@ -58,6 +63,6 @@ run() {
 base=$(run 0)
 with=$(run "$N")
 echo "instructions per ${MODE^^}: $(( (with - base) / N )) (callgrind, $N requests, difference of two runs)"
-[[ "$MODE" == ceiling || "$MODE" == stack ]] && exit 0
+[[ "$MODE" == ceiling || "$MODE" == stack* ]] && exit 0
 callgrind_annotate --inclusive=yes "$out/cg.$N" | grep -E 'openai_cache_proxy::' | head -15 \
   | sed -E 's|/root/.cargo/registry/src/[^/]+/||; s| \[.*||' | cut -c1-150

@@ -18,7 +18,7 @@ import sys
 
 SCENARIOS = (
     ("HIT", "64 conns, 1.4 KB answer from cache",
-     ("CEILING", "CEILING-HEAD", "NGINX", "PROXY", "PROXY-INFO")),
+     ("CEILING", "CEILING-HEAD", "STACK-CACHE", "NGINX", "PROXY", "PROXY-INFO")),
     ("HIT-large", "64 conns, 32 KB answer from cache", ("CEILING", "NGINX", "PROXY")),
     ("FORWARD", "64 conns, Cache-Control: no-cache", ("DIRECT", "NGINX", "STACK", "STACK-CACHE", "PROXY")),
     ("FORWARD-1c", "1 conn, Cache-Control: no-cache",
@@ -186,6 +186,8 @@ def main():
         "CEILING/NGINX (HIT)": ("HIT", "CEILING", "NGINX"),
         "CEILING-HEAD/CEILING (HIT)": ("HIT", "CEILING-HEAD", "CEILING"),
         "PROXY/CEILING-HEAD (HIT)": ("HIT", "PROXY", "CEILING-HEAD"),
+        "STACK-CACHE/NGINX (HIT)": ("HIT", "STACK-CACHE", "NGINX"),
+        "PROXY/STACK-CACHE (HIT)": ("HIT", "PROXY", "STACK-CACHE"),
         "PROXY-INFO/PROXY (HIT)": ("HIT", "PROXY-INFO", "PROXY"),
         "PROXY-INFO/CEILING (HIT)": ("HIT", "PROXY-INFO", "CEILING"),
         "CEILING/NGINX (HIT-large)": ("HIT-large", "CEILING", "NGINX"),
@@ -210,6 +212,11 @@ def main():
           f" {paired_of['CEILING-HEAD/CEILING (HIT)'][0]:.2f} (what that head costs),"
           f" PROXY / CEILING-HEAD {paired_of['PROXY/CEILING-HEAD (HIT)'][0]:.2f} (what the proxy's"
           " code costs on a HIT)")
+    print("STACK-CACHE on a HIT, the least a cache on this stack does (SHA-256 key, one moka lookup,"
+          " the stored bytes with Content-Type and X-Cache): STACK-CACHE / NGINX"
+          f" {paired_of['STACK-CACHE/NGINX (HIT)'][0]:.2f} (what a cache on this stack reaches),"
+          f" PROXY / STACK-CACHE {paired_of['PROXY/STACK-CACHE (HIT)'][0]:.2f} (what the proxy's"
+          " features cost a HIT: its head, request id, access log, ledger, alias index)")
     print("PROXY-INFO, the proxy at its default RUST_LOG=info (an access log line per request, to a"
           f" pipe): PROXY-INFO / PROXY {paired_of['PROXY-INFO/PROXY (HIT)'][0]:.2f} (what the log"
           f" costs a HIT), PROXY-INFO / CEILING {paired_of['PROXY-INFO/CEILING (HIT)'][0]:.2f}")

@@ -3,7 +3,9 @@
 # release build) against a bare actix-web handler serving the same bytes (CEILING, also the
 # upstream: DIRECT) and Debian's nginx as a caching reverse proxy (NGINX, config: nginx.conf.in).
 # In HIT, CEILING-HEAD is the bare handler sending the proxy's HIT head too (its X-Cache, Age,
-# Cache-Status, ... headers): what that head costs, apart from what the proxy's code costs; and
+# Cache-Status, ... headers): what that head costs, apart from what the proxy's code costs;
+# STACK-CACHE (below) is the least a cache on this stack does for a HIT (key, lookup, stored
+# bytes out), so PROXY / STACK-CACHE is what the proxy's features cost a HIT; and
 # PROXY-INFO is the proxy at its default RUST_LOG=info (PROXY runs at warn, as NGINX has its
 # access log off), an access log line per request written to a pipe, as under Docker.
 # FORWARD at one connection also goes through RELAY, socat copying bytes between the client and
@@ -380,6 +382,7 @@ rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 # HIT: the 1.4 KB chat completion.
 check_hit HIT NGINX "$NGINX" /v1/chat/completions "$WORK/chat.json"
 check_hit HIT PROXY "$PROXY" /v1/chat/completions "$WORK/chat.json"
+check_hit HIT STACK-CACHE "$STACK_CACHE" /v1/chat/completions "$WORK/chat.json"
 # CEILING-HEAD: the bare handler sending the head of that proxy HIT too (all but the status line
 # and the headers it sets itself), so the cost of the head is apart from the proxy's code.
 tr -d '\r' <"$WORK/check-HIT-PROXY-3.h" | sed 1d |
@@ -398,7 +401,7 @@ same_body "HIT CEILING-HEAD" "$WORK/check-HIT-PROXY-direct.b" "$WORK/check-HIT-C
 say "HIT CEILING-HEAD: functional check ok (the header names of a proxy HIT," \
     "$(wc -c <"$WORK/check-HIT-CEILING-HEAD.h") B of head against the proxy's $(wc -c <"$WORK/check-HIT-PROXY-3.h") B, body identical)"
 check_hit HIT PROXY-INFO "$PROXY_INFO" /v1/chat/completions "$WORK/chat.json"
-measure HIT 64 "$B/post.lua" none CEILING CEILING-HEAD NGINX PROXY PROXY-INFO
+measure HIT 64 "$B/post.lua" none CEILING CEILING-HEAD STACK-CACHE NGINX PROXY PROXY-INFO
 stop "$CEILING_HEAD_PID"
 # PROXY-INFO must have logged every request it answered: wrk's, the check's 3 and a /health.
 stop "$PROXY_INFO_PID"
