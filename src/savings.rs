@@ -1,7 +1,7 @@
 //! The savings ledger: what each cache hit spared the caller, in tokens and (with a
 //! PRICE_TABLE) in US dollars, per model. A stored response's model and token usage are read
-//! once, on its first hit ([`TokenUsage::of_response`], kept with the entry); every hit adds
-//! them up.
+//! once, on its first hit ([`TokenUsage::of_response`], kept with the entry), and so is the
+//! handle to its model's counters ([`Savings::counters`]); every hit adds them up.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -175,7 +175,7 @@ struct ModelLabels {
 }
 
 /// The counters of one model; clones of the exported metrics, so both views agree.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct ModelSavings {
     pub requests: Counter,
     pub prompt: Counter,
@@ -186,7 +186,8 @@ pub struct ModelSavings {
 }
 
 impl ModelSavings {
-    fn add(&self, usage: &TokenUsage) {
+    /// Adds one hit's worth of `usage`.
+    pub fn add(&self, usage: &TokenUsage) {
         self.requests.inc();
         self.prompt.inc_by(usage.prompt);
         self.completion.inc_by(usage.completion);
@@ -204,7 +205,7 @@ impl ModelSavings {
 /// Per-model savings of cache hits that carried usage.
 pub struct Savings {
     prices: PriceTable,
-    models: DashMap<Arc<str>, ModelSavings>,
+    models: DashMap<Arc<str>, Arc<ModelSavings>>,
     requests: Family<ModelLabels, Counter>,
     tokens: Family<TokenLabels, Counter>,
     usd: Family<ModelLabels, Counter<f64, AtomicU64>>,
@@ -243,18 +244,12 @@ impl Savings {
         );
     }
 
-    /// Adds one hit's worth of `usage`. A hit on a model seen before counts under the map's
-    /// read guard: no counter handles are cloned and no price is looked up.
-    pub fn record_hit(&self, usage: &TokenUsage) {
-        match self.models.get(usage.model.as_ref()) {
-            Some(m) => m.add(usage),
-            None => self.model(&usage.model).add(usage),
-        }
-    }
-
-    fn model(&self, model: &Arc<str>) -> ModelSavings {
+    /// The counters hits on `model` add to (those of [`OTHER_MODEL`] once [`MAX_MODELS`]
+    /// models are tracked), created on first use. An entry keeps them after its first hit, so
+    /// a hit takes no lock of the map and hashes no model name.
+    pub fn counters(&self, model: &Arc<str>) -> Arc<ModelSavings> {
         if let Some(m) = self.models.get(model.as_ref()) {
-            return m.clone();
+            return Arc::clone(&m);
         }
         let name: Arc<str> = if self.models.len() < MAX_MODELS {
             model.clone()
@@ -273,7 +268,7 @@ impl Savings {
                         kind,
                     })
                 };
-                ModelSavings {
+                Arc::new(ModelSavings {
                     requests: self.requests.get_or_create_owned(&label),
                     prompt: tokens("prompt"),
                     completion: tokens("completion"),
@@ -283,7 +278,7 @@ impl Savings {
                         .prices
                         .price(&name)
                         .map(|price| (self.usd.get_or_create_owned(&label), price)),
-                }
+                })
             })
             .clone()
     }
@@ -293,7 +288,7 @@ impl Savings {
         let mut all: Vec<_> = self
             .models
             .iter()
-            .map(|e| (e.key().clone(), e.value().clone()))
+            .map(|e| (e.key().clone(), ModelSavings::clone(e.value())))
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
@@ -377,8 +372,8 @@ data: [DONE]\n\n";
             completion: 500_000,
             total: 1_500_000,
         };
-        s.record_hit(&u);
-        s.record_hit(&u);
+        s.counters(&u.model).add(&u);
+        s.counters(&u.model).add(&u);
         let all = s.by_model();
         assert_eq!(all.len(), 1);
         let m = &all[0].1;
@@ -389,10 +384,11 @@ data: [DONE]\n\n";
         let usd = m.usd.as_ref().unwrap().0.get();
         assert!((usd - 2.0 * (0.15 + 0.30)).abs() < 1e-9, "{usd}");
         for i in 0..(MAX_MODELS + 10) {
-            s.record_hit(&TokenUsage {
+            let other = TokenUsage {
                 model: format!("m{i}").into(),
                 ..u.clone()
-            });
+            };
+            s.counters(&other.model).add(&other);
         }
         let all = s.by_model();
         assert_eq!(all.len(), MAX_MODELS + 1);

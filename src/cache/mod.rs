@@ -13,7 +13,9 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use bytes::Bytes;
 
-use crate::savings::TokenUsage;
+use std::sync::Arc;
+
+use crate::savings::{ModelSavings, Savings, TokenUsage};
 
 pub use flight::{End, Flight, Flights, Head, Reader, Role, broken_off};
 pub use key::{CacheKey, KEY_HEADERS, KeyHasher};
@@ -34,6 +36,8 @@ pub struct CachedResponse {
     /// Model and token usage the answer reported, for the savings ledger: read from the body
     /// on the entry's first hit (see [`Tokens`]), then kept.
     usage: OnceLock<Option<TokenUsage>>,
+    /// The ledger's counters for that model, looked up on the first hit that counts.
+    counters: OnceLock<Arc<ModelSavings>>,
     event_stream: bool,
 }
 
@@ -78,6 +82,7 @@ impl CachedResponse {
             stored_at,
             timestamp: HeaderValue::try_from(stamp).expect("RFC 3339 is a valid header value"),
             usage,
+            counters: OnceLock::new(),
             event_stream,
         }
     }
@@ -87,6 +92,15 @@ impl CachedResponse {
         self.usage
             .get_or_init(|| TokenUsage::of_response(&self.body, self.event_stream))
             .as_ref()
+    }
+
+    /// Adds what this hit spared to the ledger, if the answer reported its usage.
+    pub fn count_savings(&self, savings: &Savings) {
+        if let Some(usage) = self.usage() {
+            self.counters
+                .get_or_init(|| savings.counters(&usage.model))
+                .add(usage);
+        }
     }
 }
 

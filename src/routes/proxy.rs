@@ -425,9 +425,7 @@ fn idle_limited(
 fn replay(hit: &CachedResponse, key: CacheKey, state: &AppState) -> HttpResponse {
     let mut out = HttpResponse::build(hit.status);
     outcome(&mut out, CacheStatus::Hit, None, None, Some(key));
-    if let Some(usage) = hit.usage() {
-        state.metrics.savings.record_hit(usage);
-    }
+    hit.count_savings(&state.metrics.savings);
     let mut res = out.body(hit.body.clone());
     let age = hit.age_secs();
     let ttl_left = state.config.cache_ttl.as_secs().saturating_sub(age);
