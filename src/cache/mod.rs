@@ -6,14 +6,12 @@ mod key;
 mod policy;
 mod store;
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use bytes::Bytes;
-
-use std::sync::Arc;
 
 use crate::savings::{ModelSavings, Savings, TokenUsage};
 
