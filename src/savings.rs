@@ -175,7 +175,7 @@ struct ModelLabels {
 }
 
 /// The counters of one model; clones of the exported metrics, so both views agree.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ModelSavings {
     pub requests: Counter,
     pub prompt: Counter,
@@ -284,11 +284,11 @@ impl Savings {
     }
 
     /// Every model's counters, for `/stats`.
-    pub fn by_model(&self) -> Vec<(Arc<str>, ModelSavings)> {
+    pub fn by_model(&self) -> Vec<(Arc<str>, Arc<ModelSavings>)> {
         let mut all: Vec<_> = self
             .models
             .iter()
-            .map(|e| (e.key().clone(), ModelSavings::clone(e.value())))
+            .map(|e| (e.key().clone(), Arc::clone(e.value())))
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
