@@ -57,7 +57,7 @@ pub async fn access_log(
     if state.limiter.is_some() {
         req.extensions_mut().insert(ClientIp(ip));
     }
-    let request_id = incoming_request_id(&req).or_else(|| {
+    let mut request_id = incoming_request_id(&req).or_else(|| {
         let id = *req.extensions().get::<RequestId>()?;
         let mut buf = Uuid::encode_buffer();
         HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf)).ok()
@@ -75,9 +75,23 @@ pub async fn access_log(
             .record_request(outcome.map(|o| o.cache), status);
     }
     let headers = res.headers_mut();
-    headers.insert(X_PROXY.clone(), HeaderValue::from_static(PROXY_ID));
-    if let Some(v) = &request_id {
-        headers.insert(X_REQUEST_ID.clone(), v.clone());
+    let proxy_id = HeaderValue::from_static(PROXY_ID);
+    // The response's own value, if any, makes way for ours. A hit has none (an entry never
+    // holds these, see `CachedResponse::stored_at`), so it is spared the search.
+    let request_id_header = match &logged {
+        Some(_) => request_id.clone(),
+        None => request_id.take(),
+    };
+    if outcome.is_some_and(|o| o.cache == CacheStatus::Hit) {
+        headers.append(X_PROXY.clone(), proxy_id);
+        if let Some(v) = request_id_header {
+            headers.append(X_REQUEST_ID.clone(), v);
+        }
+    } else {
+        headers.insert(X_PROXY.clone(), proxy_id);
+        if let Some(v) = request_id_header {
+            headers.insert(X_REQUEST_ID.clone(), v);
+        }
     }
     let line = logged.map(|l| LogLine {
         started: l.started,

@@ -14,8 +14,8 @@ use futures_util::StreamExt;
 
 use crate::cache::{
     CacheKey, CacheStatus, CachedResponse, End, Flight, Forward, Head, KeyHasher, NoCacheReason,
-    Reader, Role, broken_off, cache_status_header, forwarded_cache_status, hit_cache_status,
-    request_policy, response_policy,
+    Reader, Role, age_header, broken_off, cache_status_header, forwarded_cache_status,
+    hit_cache_status, request_policy, response_policy,
 };
 use crate::config::Config;
 use crate::errors::ProxyError;
@@ -433,14 +433,16 @@ fn replay(hit: &CachedResponse, key: CacheKey, state: &AppState) -> HttpResponse
     for (name, value) in &hit.headers {
         headers.append(name.clone(), value.clone());
     }
-    headers.insert(header::AGE, HeaderValue::from(age));
-    headers.insert(X_CACHE_TIMESTAMP.clone(), hit.timestamp.clone());
-    headers.insert(
+    // Appended, not inserted: an entry never holds these (`CachedResponse::stored_at`), and
+    // an insert would look for one to replace.
+    headers.append(header::AGE, age_header(age));
+    headers.append(X_CACHE_TIMESTAMP.clone(), hit.timestamp.clone());
+    headers.append(
         X_CACHE.clone(),
         HeaderValue::from_static(CacheStatus::Hit.as_str()),
     );
-    headers.insert(CACHE_STATUS.clone(), hit_cache_status(ttl_left));
-    headers.insert(X_CACHE_KEY.clone(), key_header(key));
+    headers.append(CACHE_STATUS.clone(), hit_cache_status(ttl_left));
+    headers.append(X_CACHE_KEY.clone(), key_header(key));
     res
 }
 

@@ -53,6 +53,67 @@ async fn identical_requests_are_served_from_cache() {
     assert_eq!(app.upstream_calls().await, 1);
 }
 
+/// An upstream (or a cache in front of it) may send headers the proxy sets on a hit itself:
+/// the hit carries one of each, the proxy's, and the upstream's other headers as they came.
+#[tokio::test]
+async fn a_hit_carries_its_own_cache_headers_once_whatever_the_upstream_sent() {
+    let app = spawn_app(&[]).await;
+    let theirs = [
+        ("age", "77"),
+        ("x-cache", "HIT from cdn"),
+        ("x-cache-timestamp", "1999-01-01T00:00:00Z"),
+        ("cache-status", "cdn; hit"),
+        ("x-cache-key", "feedfacefeedface"),
+        ("x-proxy", "someone-else/1.0"),
+        ("x-request-id", "req_from_upstream"),
+    ];
+    let mut answer = chat_ok().insert_header("openai-processing-ms", "42");
+    for (name, value) in theirs {
+        answer = answer.insert_header(name, value);
+    }
+    Mock::given(method("POST"))
+        .and(path("/v1/chat/completions"))
+        .respond_with(answer)
+        .expect(1)
+        .mount(&app.upstream)
+        .await;
+
+    let miss = app
+        .post_json("/v1/chat/completions", "sk-a", CHAT_BODY)
+        .await;
+    assert_eq!(x_cache(&miss), "MISS");
+    let hit = app
+        .post_json("/v1/chat/completions", "sk-a", CHAT_BODY)
+        .await;
+    assert_eq!(x_cache(&hit), "HIT");
+
+    for (name, value) in theirs {
+        let all: Vec<_> = hit.headers().get_all(name).iter().collect();
+        assert_eq!(all.len(), 1, "{name}: {all:?}");
+        assert_ne!(all[0], value, "{name} is the proxy's");
+    }
+    assert_eq!(hit.headers()["age"], "0");
+    assert!(
+        hit.headers()["cache-status"]
+            .to_str()
+            .unwrap()
+            .starts_with("openai-cache-proxy; hit; ttl=")
+    );
+    assert_eq!(
+        hit.headers()["x-cache-key"],
+        miss.headers()["x-cache-key"].to_str().unwrap()
+    );
+    assert_eq!(
+        hit.headers()["x-proxy"],
+        miss.headers()["x-proxy"].to_str().unwrap()
+    );
+    assert_ne!(
+        hit.headers()["x-request-id"],
+        miss.headers()["x-request-id"]
+    );
+    assert_eq!(hit.headers()["openai-processing-ms"], "42");
+}
+
 #[tokio::test]
 async fn different_api_keys_never_share_an_entry() {
     let app = spawn_app(&[]).await;
