@@ -1,11 +1,15 @@
 //! `CacheStore`: one byte-bounded, TTL-bounded moka cache shared by every worker, and the
 //! alias index that lets a repeated request skip canonicalising its JSON body.
 //!
-//! Both are moka's `sync` caches, called from async handlers: no call waits for anything but
-//! a short per-key lock, so nothing is gained from `future::Cache`, whose every `get` and
+//! The cache is moka's `sync` cache, called from async handlers: no call waits for anything
+//! but a short per-key lock, so nothing is gained from `future::Cache`, whose every `get` and
 //! `insert` also drives async housekeeping machinery. Measured with callgrind on a full cache
 //! taking new keys (one miss and one insert each): 10,600 instructions per key with
 //! `future::Cache` and SipHash, 7,600 with `sync::Cache` and foldhash.
+//!
+//! The alias index is a `quick_cache`: it needs no TTL, no weights and no eviction listener,
+//! and its lookup is a shard read lock and a probe, where moka's also queues a read record
+//! for its housekeeping and stamps the entry's last access. Every hit makes one.
 
 use std::sync::Arc;
 
@@ -16,11 +20,14 @@ use moka::Expiry;
 use moka::notification::RemovalCause;
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
+use quick_cache::UnitWeighter;
+use quick_cache::sync::{Cache as IndexCache, DefaultLifecycle};
 
 use super::{CacheKey, CachedResponse};
 use crate::metrics::{Metrics, bump};
 
-/// What one alias costs in memory: two 32-byte keys plus moka's per-entry bookkeeping.
+/// What one alias is counted as in memory: two 32-byte keys plus the index's per-entry
+/// bookkeeping, with room to spare.
 const ALIAS_WEIGHT: u64 = 256;
 
 struct UntilStale(Duration);
@@ -60,7 +67,7 @@ pub struct CacheStore {
     /// at least once: a hit then costs one hash of the body as sent instead of a JSON parse.
     /// A stale alias is harmless (the key of a request never changes), so it only needs a
     /// bound: 1/32 of the cache's bytes, taken from the entries' share.
-    aliases: Cache<CacheKey, CacheKey, RandomState>,
+    aliases: Arc<IndexCache<CacheKey, CacheKey, UnitWeighter, RandomState>>,
     max_entry_bytes: u64,
     metrics: Arc<Metrics>,
 }
@@ -76,10 +83,16 @@ impl CacheStore {
     ) -> Self {
         let listener_metrics = metrics.clone();
         let alias_bytes = capacity_bytes / 32;
-        let aliases = Cache::builder()
-            .max_capacity(alias_bytes / ALIAS_WEIGHT)
-            .time_to_live(ttl)
-            .build_with_hasher(RandomState::default());
+        let max_aliases = (alias_bytes / ALIAS_WEIGHT).max(1);
+        // Sized for the first thousand aliases and grown as they come: sized for the bound,
+        // the index of a large cache would take its memory at start-up.
+        let aliases = Arc::new(IndexCache::with(
+            usize::try_from(max_aliases.min(1024)).unwrap_or(1024),
+            max_aliases,
+            UnitWeighter,
+            RandomState::default(),
+            DefaultLifecycle::default(),
+        ));
         let cache = Cache::builder()
             .max_capacity(capacity_bytes - alias_bytes)
             .weigher(|_k, v: &Arc<CachedResponse>| u32::try_from(v.weight()).unwrap_or(u32::MAX))
@@ -146,7 +159,7 @@ impl CacheStore {
         self.cache.run_pending_tasks();
         let n = self.cache.entry_count();
         self.cache.invalidate_all();
-        self.aliases.invalidate_all();
+        self.aliases.clear();
         self.cache.run_pending_tasks();
         n
     }
@@ -156,8 +169,7 @@ impl CacheStore {
     /// The bytes include the alias index's share, so they stay within the configured bound.
     pub fn usage(&self) -> Usage {
         self.cache.run_pending_tasks();
-        self.aliases.run_pending_tasks();
-        let aliases = self.aliases.entry_count();
+        let aliases = self.aliases.len() as u64;
         Usage {
             entries: self.cache.entry_count(),
             aliases,
