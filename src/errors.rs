@@ -112,11 +112,6 @@ impl ResponseError for ProxyError {
     }
 }
 
-/// Default service: unknown paths get the same JSON error shape as everything else.
-pub async fn not_found() -> Result<HttpResponse, ProxyError> {
-    Err(ProxyError::NotFound)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

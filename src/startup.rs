@@ -11,7 +11,6 @@ use tracing_actix_web::TracingLogger;
 
 use crate::cache::{CacheStore, Flights};
 use crate::config::Config;
-use crate::errors::not_found;
 use crate::headers::PeerHop;
 use crate::metrics::Metrics;
 use crate::middleware::{Limiter, access_log, new_limiter, prune_idle};
@@ -102,8 +101,8 @@ impl Application {
             App::new()
                 .app_data(state.clone())
                 .app_data(web::Data::new(client))
-                .configure(|cfg| routes::configure(cfg, rate_limited))
-                .default_service(web::to(not_found))
+                .configure(routes::configure)
+                .default_service(routes::api(rate_limited))
                 .wrap(from_fn(access_log))
                 .wrap(TracingLogger::<RequestSpan>::new())
         })

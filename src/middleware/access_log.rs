@@ -62,8 +62,7 @@ pub async fn access_log(
         let mut buf = Uuid::encode_buffer();
         HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf)).ok()
     });
-    let path = req.path();
-    let api = path.starts_with("/v1/") || path == "/v1";
+    let api = crate::routes::is_api(req.path());
 
     let mut res = next.call(req).await?;
 

@@ -58,7 +58,11 @@ pub async fn rate_limit(
         .app_data::<web::Data<AppState>>()
         .expect("AppState is registered")
         .clone();
-    let Some(limiter) = &state.limiter else {
+    let limiter = state
+        .limiter
+        .as_ref()
+        .filter(|_| crate::routes::is_api(req.path()));
+    let Some(limiter) = limiter else {
         return next
             .call(req)
             .await

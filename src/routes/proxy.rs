@@ -37,6 +37,9 @@ type UpstreamResponse = awc::ClientResponse;
 pub async fn forward(req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ProxyError> {
     // Borrowed from the request rather than extracted: an extractor clones the handle, two
     // atomic operations on a counter that every worker's requests touch.
+    if !super::is_api(req.path()) {
+        return Err(ProxyError::NotFound);
+    }
     let state = req
         .app_data::<web::Data<AppState>>()
         .expect("AppState is registered");

@@ -45,10 +45,14 @@ async fn over_the_limit_gets_429_with_retry_after() {
     let body = assert_openai_error(third, 429, "rate_limit_exceeded").await;
     assert_eq!(body["error"]["type"], "rate_limit_exceeded");
 
-    // Health and stats are never limited.
+    // Health and stats are never limited, and a path outside /v1 is a 404 whatever the
+    // bucket holds.
     for _ in 0..5 {
         let res = app.client.get(app.url("/health")).send().await.unwrap();
         assert_eq!(res.status(), 200);
+        let res = app.client.get(app.url("/v2/models")).send().await.unwrap();
+        assert!(res.headers().get("x-ratelimit-limit").is_none());
+        assert_openai_error(res, 404, "not_found").await;
     }
     let stats = app.stats(None).await;
     assert_eq!(stats["rate_limited_total"], 1);
