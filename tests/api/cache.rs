@@ -517,3 +517,37 @@ async fn repeated_bytes_hit_through_the_alias_index_without_crossing_callers() {
     assert_eq!(app.stats(None).await["cache"]["alias_count"], 0);
     assert_eq!(send("sk-a", spaced).await.0, "MISS");
 }
+
+/// The alias index is bounded by its share of MAX_CACHE_SIZE (1/32, at 256 bytes an alias:
+/// 128 for 1 MiB), however many distinct requests hit, and what it holds still answers.
+#[tokio::test]
+async fn the_alias_index_stays_within_its_share_of_the_cache() {
+    let app = spawn_app(&[("MAX_CACHE_SIZE", "1")]).await;
+    app.answer_posts().await;
+    for i in 0..400 {
+        let body = format!(r#"{{"model":"gpt-4o-mini","n":{i}}}"#);
+        assert_eq!(
+            x_cache(&app.post_json("/v1/embeddings", "sk-a", &body).await),
+            "MISS"
+        );
+        assert_eq!(
+            x_cache(&app.post_json("/v1/embeddings", "sk-a", &body).await),
+            "HIT"
+        );
+    }
+    let stats = app.stats(None).await;
+    let aliases = stats["cache"]["alias_count"].as_u64().unwrap();
+    assert!((1..=128).contains(&aliases), "{stats}");
+    let size = stats["cache"]["size_bytes"].as_u64().unwrap();
+    assert!(
+        size <= stats["cache"]["max_size_bytes"].as_u64().unwrap(),
+        "{stats}"
+    );
+    // The last request to hit is a hit again.
+    let last = r#"{"model":"gpt-4o-mini","n":399}"#;
+    assert_eq!(
+        x_cache(&app.post_json("/v1/embeddings", "sk-a", last).await),
+        "HIT"
+    );
+    assert_eq!(app.upstream_calls().await, 400);
+}
