@@ -35,11 +35,12 @@ use crate::shared::LockGuard;
 type UpstreamResponse = awc::ClientResponse;
 
 pub async fn forward(req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ProxyError> {
-    // Borrowed from the request rather than extracted: an extractor clones the handle, two
-    // atomic operations on a counter that every worker's requests touch.
+    // The app's default service: anything the other routes did not take comes here.
     if !super::is_api(req.path()) {
         return Err(ProxyError::NotFound);
     }
+    // Borrowed from the request rather than extracted: an extractor clones the handle, two
+    // atomic operations on a counter that every worker's requests touch.
     let state = req
         .app_data::<web::Data<AppState>>()
         .expect("AppState is registered");
