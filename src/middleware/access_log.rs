@@ -20,7 +20,7 @@ use crate::client_ip::client_ip;
 use crate::headers::{PROXY_ID, X_PROXY, X_REQUEST_ID};
 use crate::startup::AppState;
 
-/// What the proxy handler did, left in the response extensions for this log line.
+/// What the proxy handler did, left in the request's extensions for this log line.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestOutcome {
     pub cache: CacheStatus,
@@ -66,7 +66,7 @@ pub async fn access_log(
 
     let mut res = next.call(req).await?;
 
-    let outcome = res.response().extensions().get::<RequestOutcome>().copied();
+    let outcome = res.request().extensions().get::<RequestOutcome>().copied();
     let status = res.status().as_u16();
     if api {
         app_state(res.request())

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use actix_web::body::{BodyStream, SizedStream};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderMap, HeaderValue};
-use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, web};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, HttpResponseBuilder, web};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
@@ -63,7 +63,7 @@ pub async fn forward(req: HttpRequest, payload: web::Payload) -> Result<HttpResp
         Err(reason) => {
             let upstream = build_upstream_request(client(), &req, url()?);
             let (res, took) = send_streaming(upstream, &req, payload, state).await?;
-            return Ok(relay(res, reason, took, state));
+            return Ok(relay(&req, res, reason, took, state));
         }
     };
 
@@ -91,7 +91,7 @@ pub async fn forward(req: HttpRequest, payload: web::Payload) -> Result<HttpResp
                 if !remembered {
                     state.cache.remember_alias(exact, key);
                 }
-                return Ok(replay(&hit, key, state));
+                return Ok(replay(&req, &hit, key, state));
             }
             forward = Forward::Stale;
         } else if directives.lookup
@@ -101,7 +101,7 @@ pub async fn forward(req: HttpRequest, payload: web::Payload) -> Result<HttpResp
             && directives.max_age.is_none_or(|max| hit.age_secs() <= max)
         {
             state.cache.remember_alias(exact, key);
-            return Ok(replay(&hit, key, state));
+            return Ok(replay(&req, &hit, key, state));
         }
         let role = if directives.lookup {
             state.flights.join(key)
@@ -115,7 +115,7 @@ pub async fn forward(req: HttpRequest, payload: web::Payload) -> Result<HttpResp
                     match Box::pin(sibling::wait_or_lock(key, &body, &flight, state)).await {
                         Sibling::Answered(hit) => {
                             state.cache.remember_alias(exact, key);
-                            return Ok(replay(&hit, key, state));
+                            return Ok(replay(&req, &hit, key, state));
                         }
                         Sibling::Locked(guard) => lock = Some(guard),
                         Sibling::Alone => {}
@@ -124,12 +124,14 @@ pub async fn forward(req: HttpRequest, payload: web::Payload) -> Result<HttpResp
                 let upstream = build_upstream_request(client(), &req, url()?);
                 // Boxed: the call's state (1.8 KB) would otherwise be part of this handler's
                 // future, which actix moves into a box of its own on every request, hits too.
-                let lead = lead(upstream, body, flight, reader, key, forward, lock, state);
+                let lead = lead(
+                    &req, upstream, body, flight, reader, key, forward, lock, state,
+                );
                 return Box::pin(lead).await;
             }
             Role::Follower(mut reader) => match reader.head().await {
                 Ok(head) => {
-                    let out = respond(&head, CacheStatus::Coalesced, forward, Ok(()), key);
+                    let out = respond(&req, &head, CacheStatus::Coalesced, forward, Ok(()), key);
                     return Ok(with_body(out, &head, reader));
                 }
                 Err(End::NoResponse) if !retried => retried = true,
@@ -152,6 +154,7 @@ async fn shared_lookup(key: CacheKey, state: &AppState) -> Option<Arc<CachedResp
 /// completes. `lock` (siblings wait for this answer) is held until the store.
 #[allow(clippy::too_many_arguments)]
 async fn lead(
+    req: &HttpRequest,
     upstream: awc::ClientRequest,
     body: Bytes,
     flight: Arc<Flight>,
@@ -183,8 +186,8 @@ async fn lead(
         content_length: content_length(res.headers()),
     });
     let storable = response_policy(res.status(), res.headers());
-    let mut out = respond(&head, CacheStatus::Miss, forward, storable, key);
-    upstream_took(&mut out, took);
+    let mut out = respond(req, &head, CacheStatus::Miss, forward, storable, key);
+    upstream_took(req, took);
     if let Some(len) = fill::whole_length(&head).filter(|_| has_body(head.status)) {
         drop(reader);
         let idle = state.config.upstream_idle_timeout;
@@ -366,6 +369,7 @@ async fn once_more() {
 
 /// Passes a bypassed upstream response through untouched, chunk by chunk.
 fn relay(
+    req: &HttpRequest,
     res: UpstreamResponse,
     reason: NoCacheReason,
     took: Duration,
@@ -387,14 +391,8 @@ fn relay(
             Some(reason),
         ),
     ));
-    outcome(
-        &mut out,
-        CacheStatus::Bypass,
-        Some(reason),
-        Some(status),
-        None,
-    );
-    upstream_took(&mut out, took);
+    outcome(req, CacheStatus::Bypass, Some(reason), Some(status), None);
+    upstream_took(req, took);
     let length = content_length(res.headers());
     let body = Box::pin(idle_limited(res, state.config.upstream_idle_timeout));
     match length {
@@ -426,9 +424,14 @@ fn idle_limited(
 /// A cache hit, byte-identical to the stored response, with its age.
 ///
 /// This is the hot path: headers are inserted as ready values, not parsed from strings.
-fn replay(hit: &CachedResponse, key: CacheKey, state: &AppState) -> HttpResponse {
+fn replay(
+    req: &HttpRequest,
+    hit: &CachedResponse,
+    key: CacheKey,
+    state: &AppState,
+) -> HttpResponse {
     let mut out = HttpResponse::build(hit.status);
-    outcome(&mut out, CacheStatus::Hit, None, None, Some(key));
+    outcome(req, CacheStatus::Hit, None, None, Some(key));
     hit.count_savings(&state.metrics.savings);
     let mut res = out.body(hit.body.clone());
     let age = hit.age_secs();
@@ -453,6 +456,7 @@ fn replay(hit: &CachedResponse, key: CacheKey, state: &AppState) -> HttpResponse
 /// The head of a forwarded (MISS) or shared (COALESCED) response.
 /// `storable` says whether a MISS qualifies for the cache, and if not why (for the log).
 fn respond(
+    req: &HttpRequest,
     head: &Head,
     cache: CacheStatus,
     forward: Forward,
@@ -470,7 +474,7 @@ fn respond(
     ));
     out.insert_header((X_CACHE_KEY.clone(), key_header(key)));
     let reason = storable.err();
-    outcome(&mut out, cache, reason, Some(head.status), Some(key));
+    outcome(req, cache, reason, Some(head.status), Some(key));
     out
 }
 
@@ -488,21 +492,25 @@ fn key_header(key: CacheKey) -> HeaderValue {
 }
 
 /// Adds the upstream's time to response head to this request's log line.
-fn upstream_took(out: &mut HttpResponseBuilder, took: Duration) {
-    if let Some(o) = out.extensions_mut().get_mut::<RequestOutcome>() {
+fn upstream_took(req: &HttpRequest, took: Duration) {
+    if let Some(o) = req.extensions_mut().get_mut::<RequestOutcome>() {
         o.upstream_ms = Some(took.as_secs_f64() * 1000.0);
     }
 }
 
 /// Records what happened, for this request's log line and counters (see `access_log`).
+///
+/// In the request's extensions, not the response's: a response starts with an empty table
+/// that the first insert allocates, while a request's table is kept with the request when
+/// actix pools it and is only cleared.
 fn outcome(
-    out: &mut HttpResponseBuilder,
+    req: &HttpRequest,
     cache: CacheStatus,
     reason: Option<NoCacheReason>,
     upstream_status: Option<StatusCode>,
     key: Option<CacheKey>,
 ) {
-    out.extensions_mut().insert(RequestOutcome {
+    req.extensions_mut().insert(RequestOutcome {
         cache,
         reason,
         upstream_status: upstream_status.map(|s| s.as_u16()),
