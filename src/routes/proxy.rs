@@ -423,7 +423,7 @@ fn idle_limited(
 
 /// A cache hit, byte-identical to the stored response, with its age.
 ///
-/// This is the hot path: headers are inserted as ready values, not parsed from strings.
+/// This is the hot path: headers are appended as ready values, not parsed from strings.
 fn replay(
     req: &HttpRequest,
     hit: &CachedResponse,
