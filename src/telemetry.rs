@@ -81,6 +81,11 @@ fn log_panics() {
 /// `RUST_LOG=info`, where it is enabled (1.09x with it left out): in JSON it is left out.
 static REQUEST_SPANS: AtomicBool = AtomicBool::new(true);
 
+/// Whether requests get a span: tracing-actix-web's layer is there only then (see `startup`).
+pub fn request_spans() -> bool {
+    REQUEST_SPANS.load(Ordering::Relaxed)
+}
+
 /// The per-request span. Unlike tracing-actix-web's default it records neither the query
 /// string nor a client IP taken from `X-Forwarded-For`, and it logs no second error line:
 /// the access log middleware writes the one line per request.
@@ -88,9 +93,6 @@ pub struct RequestSpan;
 
 impl tracing_actix_web::RootSpanBuilder for RequestSpan {
     fn on_request_start(request: &actix_web::dev::ServiceRequest) -> tracing::Span {
-        if !REQUEST_SPANS.load(Ordering::Relaxed) {
-            return tracing::Span::none();
-        }
         tracing::info_span!("request", method = %request.method(), path = %request.path())
     }
 

@@ -12,7 +12,6 @@ use actix_web::http::{Method, Uri};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, HttpRequest, web};
 use bytes::Bytes;
-use tracing_actix_web::RequestId;
 use uuid::Uuid;
 
 use crate::cache::{CacheKey, CacheStatus, NoCacheReason};
@@ -57,11 +56,7 @@ pub async fn access_log(
     if state.limiter.is_some() {
         req.extensions_mut().insert(ClientIp(ip));
     }
-    let mut request_id = incoming_request_id(&req).or_else(|| {
-        let id = *req.extensions().get::<RequestId>()?;
-        let mut buf = Uuid::encode_buffer();
-        HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf)).ok()
-    });
+    let mut request_id = incoming_request_id(&req).or_else(new_request_id);
     let api = crate::routes::is_api(req.path());
 
     let mut res = next.call(req).await?;
@@ -203,6 +198,12 @@ impl<B: MessageBody> MessageBody for LoggedBody<B> {
         }
         next
     }
+}
+
+/// A fresh request id: a random (v4) UUID, as tracing-actix-web draws.
+fn new_request_id() -> Option<HeaderValue> {
+    let mut buf = Uuid::encode_buffer();
+    HeaderValue::from_str(Uuid::new_v4().hyphenated().encode_lower(&mut buf)).ok()
 }
 
 /// A client-supplied `X-Request-Id`, if it is short and harmless enough to echo and log.

@@ -177,7 +177,15 @@ async fn request_ids_are_echoed_or_generated() {
         .await
         .unwrap();
     assert_eq!(res.headers()["x-request-id"], "req-abc.123");
-    let res = app.client.get(app.url("/health")).send().await.unwrap();
-    let generated = res.headers()["x-request-id"].to_str().unwrap();
-    assert!(generated.len() >= 16, "{generated}");
+    // Without one, each request gets a fresh random (v4) UUID.
+    let mut generated = Vec::new();
+    for _ in 0..2 {
+        let res = app.client.get(app.url("/health")).send().await.unwrap();
+        let id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+        let uuid = uuid::Uuid::parse_str(&id).unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!(uuid.get_version_num(), 4, "{id}");
+        assert_eq!(id, uuid.hyphenated().to_string(), "lower-case, hyphenated");
+        generated.push(id);
+    }
+    assert_ne!(generated[0], generated[1]);
 }
