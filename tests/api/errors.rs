@@ -80,8 +80,21 @@ async fn unknown_paths_get_a_json_404() {
         "/stats/extra",
         "/v1x/models",
         "//v1/models",
+        "/health/",
+        "//health",
     ] {
         let res = app.client.get(app.url(path)).send().await.unwrap();
+        assert_openai_error(res, 404, "not_found").await;
+    }
+    // An operator route with another method is no route either.
+    for (method, path) in [("POST", "/health"), ("GET", "/cache"), ("PUT", "/stats")] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let res = app
+            .client
+            .request(method, app.url(path))
+            .send()
+            .await
+            .unwrap();
         assert_openai_error(res, 404, "not_found").await;
     }
     assert_eq!(app.upstream_calls().await, 0);
