@@ -123,6 +123,33 @@ async fn no_secret_appears_in_logs_at_trace_level() {
     );
 }
 
+/// Without an `X-Request-Id` from the client, the generated one (a v4 UUID) is the one the
+/// response carries and the one its log line names, with JSON logs (the default), where
+/// tracing-actix-web's layer is not installed.
+#[tokio::test]
+async fn a_generated_request_id_is_sent_and_logged() {
+    let ids = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sent = ids.clone();
+    let logs = logs_of(&[("RUST_LOG", "info")], |base| async move {
+        for _ in 0..2 {
+            let res = client().get(format!("{base}/health")).send().await.unwrap();
+            assert_eq!(res.status(), 200);
+            let id = res.headers()["x-request-id"].to_str().unwrap().to_owned();
+            sent.lock().unwrap().push(id);
+        }
+    })
+    .await;
+    let ids = ids.lock().unwrap().clone();
+    assert_ne!(ids[0], ids[1], "each request gets its own id");
+    for id in &ids {
+        let uuid = uuid::Uuid::parse_str(id).unwrap_or_else(|e| panic!("{id}: {e}"));
+        assert_eq!(uuid.get_version_num(), 4, "{id}");
+        let lines = request_lines(&logs, id);
+        assert_eq!(lines.len(), 1, "{id} in {logs}");
+        assert_eq!(lines[0]["path"], "/health");
+    }
+}
+
 #[tokio::test]
 async fn the_access_log_names_the_client_ip_and_never_the_query_string() {
     const SECRET: &str = "secret-in-query";
