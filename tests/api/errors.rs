@@ -87,8 +87,12 @@ async fn unknown_paths_get_a_json_404() {
         assert_openai_error(res, 404, "not_found").await;
     }
     // An operator route with another method is no route either.
-    for (method, path) in [("POST", "/health"), ("GET", "/cache"), ("PUT", "/stats")] {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    use reqwest::Method;
+    for (method, path) in [
+        (Method::POST, "/health"),
+        (Method::GET, "/cache"),
+        (Method::PUT, "/stats"),
+    ] {
         let res = app
             .client
             .request(method, app.url(path))
