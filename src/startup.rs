@@ -1,11 +1,15 @@
 //! `Application`: binds the listener, builds the shared state once, and runs the server.
 
 use std::net::TcpListener;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::dev::Server;
-use actix_web::middleware::{Condition, from_fn};
+use actix_http::Request;
+use actix_service::IntoServiceFactory;
+use actix_web::body::MessageBody;
+use actix_web::dev::{AppConfig, Response, Server, Service, ServiceFactory};
+use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use tracing_actix_web::TracingLogger;
 
@@ -92,11 +96,7 @@ impl Application {
         );
         let workers = state.config.workers;
         let rate_limited = state.limiter.is_some();
-        // tracing-actix-web's layer gives each request its span. Without spans (JSON lines)
-        // it would only wrap the request and its body in an empty span and draw a request id
-        // that the access log draws itself: 1,031 instructions of a HIT (callgrind).
-        let spans = crate::telemetry::request_spans();
-        let mut server = HttpServer::new(move || {
+        let app = move || {
             let client = build_client(
                 &state.config,
                 tls.clone(),
@@ -105,34 +105,20 @@ impl Application {
             App::new()
                 .app_data(state.clone())
                 .app_data(web::Data::new(client))
-                .configure(routes::configure)
-                .default_service(routes::api(rate_limited))
+                .configure(|cfg| routes::configure(cfg, rate_limited))
                 .wrap(from_fn(access_log))
-                .wrap(Condition::new(spans, TracingLogger::<RequestSpan>::new()))
-        })
-        // A streamed or forwarded response goes out as a head and then body chunks; with
-        // Nagle's algorithm each chunk after the head waits for the client's delayed ACK
-        // (~40 ms on Linux), which `make bench` showed on every keep-alive miss.
-        .on_connect(|conn, data| {
-            let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() else {
-                return;
-            };
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "could not set TCP_NODELAY");
-            }
-            if let Ok(peer) = tcp.peer_addr() {
-                data.insert(PeerHop::new(peer.ip()));
-            }
-        });
-        if let Some(n) = workers {
-            server = server.workers(n.get());
-        }
-        let server = server
-            .listen(listener)?
-            .shutdown_timeout(shutdown)
-            // actix treats SIGINT as a forced stop; we drain on both (see run_until_stopped).
-            .disable_signals()
-            .run();
+        };
+        // tracing-actix-web's layer gives each request its span. Without spans (JSON lines)
+        // it would only wrap the request and its body in an empty span and draw a request id
+        // that the access log draws itself: 1,031 instructions of a HIT (callgrind). An app
+        // built without the layer has another type, hence two servers with one set-up; a
+        // layer that is there but turned off (`Condition`) still cost a HIT 690.
+        let server = if crate::telemetry::request_spans() {
+            let app = move || app().wrap(TracingLogger::<RequestSpan>::new());
+            serve(HttpServer::new(app), listener, workers, shutdown)?
+        } else {
+            serve(HttpServer::new(app), listener, workers, shutdown)?
+        };
         Ok(Self { port, server })
     }
 
@@ -154,6 +140,49 @@ impl Application {
         });
         self.server.await
     }
+}
+
+/// Starts `server` on `listener`, whichever middleware its app has.
+fn serve<F, I, S, B>(
+    server: HttpServer<F, I, S, B>,
+    listener: TcpListener,
+    workers: Option<NonZeroUsize>,
+    shutdown_secs: u64,
+) -> std::io::Result<Server>
+where
+    F: Fn() -> I + Send + Clone + 'static,
+    I: IntoServiceFactory<S, Request>,
+    S: ServiceFactory<Request, Config = AppConfig> + 'static,
+    S::Error: Into<actix_web::Error> + 'static,
+    S::InitError: std::fmt::Debug,
+    S::Response: Into<Response<B>> + 'static,
+    <S::Service as Service<Request>>::Future: 'static,
+    S::Service: 'static,
+    B: MessageBody + 'static,
+{
+    // A streamed or forwarded response goes out as a head and then body chunks; with
+    // Nagle's algorithm each chunk after the head waits for the client's delayed ACK
+    // (~40 ms on Linux), which `make bench` showed on every keep-alive miss.
+    let mut server = server.on_connect(|conn, data| {
+        let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() else {
+            return;
+        };
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+        if let Ok(peer) = tcp.peer_addr() {
+            data.insert(PeerHop::new(peer.ip()));
+        }
+    });
+    if let Some(n) = workers {
+        server = server.workers(n.get());
+    }
+    Ok(server
+        .listen(listener)?
+        .shutdown_timeout(shutdown_secs)
+        // actix treats SIGINT as a forced stop; we drain on both (see run_until_stopped).
+        .disable_signals()
+        .run())
 }
 
 /// Waits for SIGTERM or SIGINT (Ctrl-C) and names the one that came.
