@@ -17,7 +17,7 @@ use crate::cache::{CacheStore, Flights};
 use crate::config::Config;
 use crate::headers::PeerHop;
 use crate::metrics::Metrics;
-use crate::middleware::{Limiter, access_log, new_limiter, prune_idle};
+use crate::middleware::{ConnNotes, Limiter, access_log, new_limiter, prune_idle};
 use crate::routes;
 use crate::savings::Savings;
 use crate::shared::SharedTier;
@@ -160,10 +160,11 @@ where
     S::Service: 'static,
     B: MessageBody + 'static,
 {
-    // A streamed or forwarded response goes out as a head and then body chunks; with
-    // Nagle's algorithm each chunk after the head waits for the client's delayed ACK
-    // (~40 ms on Linux), which `make bench` showed on every keep-alive miss.
     let mut server = server.on_connect(|conn, data| {
+        data.insert(ConnNotes::default());
+        // A streamed or forwarded response goes out as a head and then body chunks; with
+        // Nagle's algorithm each chunk after the head waits for the client's delayed ACK
+        // (~40 ms on Linux), which `make bench` showed on every keep-alive miss.
         let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() else {
             return;
         };

@@ -1,7 +1,9 @@
 //! One structured log line per request, the request id, and the headers every response carries.
 
+use std::cell::Cell;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -10,7 +12,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::HeaderValue;
 use actix_web::http::{Method, Uri};
 use actix_web::middleware::Next;
-use actix_web::{Error, HttpMessage, HttpRequest, web};
+use actix_web::{Error, HttpRequest, web};
 use bytes::Bytes;
 use uuid::Uuid;
 
@@ -19,7 +21,7 @@ use crate::client_ip::client_ip;
 use crate::headers::{PROXY_ID, X_PROXY, X_REQUEST_ID};
 use crate::startup::AppState;
 
-/// What the proxy handler did, left in the request's extensions for this log line.
+/// What the proxy handler did, left in the connection's [`ConnNotes`] for this log line.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestOutcome {
     pub cache: CacheStatus,
@@ -30,9 +32,55 @@ pub struct RequestOutcome {
     pub key: Option<CacheKey>,
 }
 
-/// The client address as decided once per request (TCP peer unless behind TRUSTED_PROXIES).
-#[derive(Debug, Clone, Copy)]
-pub struct ClientIp(pub IpAddr);
+/// What the access log and the handlers tell each other about a connection's request in
+/// progress: the client address (for the rate limiter) and what the proxy handler did (for
+/// the log line and the counters).
+///
+/// One per connection, added when it is accepted (`on_connect` in startup.rs), rather than
+/// in each request's extensions: actix gives every request a new extensions table, so an
+/// insert allocated the table and a box for the value on every request, about 500
+/// instructions of a HIT (callgrind). HTTP/1.1 serves a connection's requests one at a
+/// time (this server speaks no HTTP/2), and the access log empties the notes before each
+/// request and takes them after it, so nothing written for one request is read for another.
+#[derive(Clone, Default)]
+pub struct ConnNotes(Rc<Notes>);
+
+#[derive(Default)]
+struct Notes {
+    client_ip: Cell<Option<IpAddr>>,
+    outcome: Cell<Option<RequestOutcome>>,
+}
+
+impl ConnNotes {
+    /// The client address the access log decided for this request (TCP peer unless behind
+    /// TRUSTED_PROXIES), when the rate limiter needs it.
+    pub fn client_ip(&self) -> Option<IpAddr> {
+        self.0.client_ip.get()
+    }
+
+    /// Records what the proxy handler did with this request.
+    pub fn set_outcome(&self, outcome: RequestOutcome) {
+        self.0.outcome.set(Some(outcome));
+    }
+
+    /// Changes the outcome recorded for this request, if there is one.
+    pub fn update_outcome(&self, change: impl FnOnce(&mut RequestOutcome)) {
+        if let Some(mut o) = self.0.outcome.get() {
+            change(&mut o);
+            self.0.outcome.set(Some(o));
+        }
+    }
+
+    fn start(&self, client_ip: Option<IpAddr>) {
+        self.0.client_ip.set(client_ip);
+        self.0.outcome.set(None);
+    }
+
+    fn finish(&self) -> Option<RequestOutcome> {
+        self.0.client_ip.set(None);
+        self.0.outcome.take()
+    }
+}
 
 pub async fn access_log(
     req: ServiceRequest,
@@ -52,16 +100,18 @@ pub async fn access_log(
         req.headers(),
         &state.config.trusted_proxies,
     );
-    // For the rate limiter only.
-    if state.limiter.is_some() {
-        req.extensions_mut().insert(ClientIp(ip));
+    let notes = req.conn_data::<ConnNotes>().cloned();
+    if let Some(notes) = &notes {
+        // The address for the rate limiter only.
+        notes.start(state.limiter.is_some().then_some(ip));
     }
     let mut request_id = incoming_request_id(&req).or_else(new_request_id);
     let api = crate::routes::is_api(req.path());
 
-    let mut res = next.call(req).await?;
+    let res = next.call(req).await;
+    let outcome = notes.and_then(|n| n.finish());
+    let mut res = res?;
 
-    let outcome = res.request().extensions().get::<RequestOutcome>().copied();
     let status = res.status().as_u16();
     if api {
         app_state(res.request())

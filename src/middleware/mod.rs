@@ -3,5 +3,5 @@
 mod access_log;
 mod rate_limit;
 
-pub use access_log::{RequestOutcome, access_log};
+pub use access_log::{ConnNotes, RequestOutcome, access_log};
 pub use rate_limit::{Limiter, new_limiter, prune_idle, rate_limit};

@@ -8,13 +8,13 @@ use std::time::Duration;
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
-use actix_web::{Error, HttpMessage, web};
+use actix_web::{Error, web};
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::keyed::DashMapStateStore;
 use governor::{Quota, RateLimiter};
 
-use super::access_log::ClientIp;
+use super::access_log::ConnNotes;
 use crate::client_ip::client_ip;
 use crate::errors::ProxyError;
 use crate::headers::{RATE_LIMIT_LIMIT, RATE_LIMIT_REMAINING};
@@ -70,9 +70,8 @@ pub async fn rate_limit(
     };
     // Decided once per request by the access log middleware.
     let ip = req
-        .extensions()
-        .get::<ClientIp>()
-        .map(|c| c.0)
+        .conn_data::<ConnNotes>()
+        .and_then(ConnNotes::client_ip)
         .unwrap_or_else(|| {
             client_ip(
                 req.peer_addr(),

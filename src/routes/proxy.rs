@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use actix_web::body::{BodyStream, SizedStream};
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderMap, HeaderValue};
-use actix_web::{HttpMessage, HttpRequest, HttpResponse, HttpResponseBuilder, web};
+use actix_web::{HttpRequest, HttpResponse, HttpResponseBuilder, web};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
@@ -24,7 +24,7 @@ use crate::headers::{
     CACHE_STATUS, PeerHop, X_CACHE, X_CACHE_KEY, X_CACHE_TIMESTAMP, X_FORWARDED_FOR, end_to_end,
 };
 use crate::metrics::bump;
-use crate::middleware::RequestOutcome;
+use crate::middleware::{ConnNotes, RequestOutcome};
 use crate::startup::AppState;
 use crate::upstream::upstream_error;
 
@@ -493,16 +493,13 @@ fn key_header(key: CacheKey) -> HeaderValue {
 
 /// Adds the upstream's time to response head to this request's log line.
 fn upstream_took(req: &HttpRequest, took: Duration) {
-    if let Some(o) = req.extensions_mut().get_mut::<RequestOutcome>() {
-        o.upstream_ms = Some(took.as_secs_f64() * 1000.0);
+    if let Some(notes) = req.conn_data::<ConnNotes>() {
+        notes.update_outcome(|o| o.upstream_ms = Some(took.as_secs_f64() * 1000.0));
     }
 }
 
-/// Records what happened, for this request's log line and counters (see `access_log`).
-///
-/// In the request's extensions, not the response's: a response starts with an empty table
-/// that the first insert allocates, while a request's table is kept with the request when
-/// actix pools it and is only cleared.
+/// Records what happened, for this request's log line and counters (see `access_log`), in
+/// its connection's notes (see [`ConnNotes`] for why not in the request's extensions).
 fn outcome(
     req: &HttpRequest,
     cache: CacheStatus,
@@ -510,13 +507,15 @@ fn outcome(
     upstream_status: Option<StatusCode>,
     key: Option<CacheKey>,
 ) {
-    req.extensions_mut().insert(RequestOutcome {
-        cache,
-        reason,
-        upstream_status: upstream_status.map(|s| s.as_u16()),
-        upstream_ms: None,
-        key,
-    });
+    if let Some(notes) = req.conn_data::<ConnNotes>() {
+        notes.set_outcome(RequestOutcome {
+            cache,
+            reason,
+            upstream_status: upstream_status.map(|s| s.as_u16()),
+            upstream_ms: None,
+            key,
+        });
+    }
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {

@@ -273,3 +273,84 @@ async fn open_upstream_connections_go_back_down_when_they_close() {
     )
     .await;
 }
+
+/// Sends `request` on `sock` and reads one answer (head and `Content-Length` body): its
+/// status and head.
+async fn exchange(sock: &mut tokio::net::TcpStream, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    sock.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = sock.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before an answer");
+        got.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8(got[..head_end].to_vec()).unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_owned)
+        })
+        .expect("a sized answer")
+        .trim()
+        .parse()
+        .unwrap();
+    while got.len() < head_end + length {
+        let n = sock.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed mid-body");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got.len(), head_end + length, "nothing after the body");
+    let status = head[9..12].parse().unwrap();
+    (status, head)
+}
+
+#[tokio::test]
+async fn requests_on_one_connection_are_each_counted_with_their_own_outcome() {
+    // What the handler did is left in the connection's notes for the access log, so a
+    // request that gets no cache decision must not be counted with the one before it.
+    let app = spawn_app(&[]).await;
+    app.answer_posts().await;
+    let host = app.address.trim_start_matches("http://").to_owned();
+    let mut sock = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let post = |path: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer sk-a\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+        )
+    };
+    let (status, head) = exchange(&mut sock, &post("/v1/embeddings")).await;
+    assert_eq!(status, 200);
+    assert!(head.contains("x-cache: MISS"), "{head}");
+    let (status, head) = exchange(&mut sock, &post("/v1/embeddings")).await;
+    assert_eq!(status, 200);
+    assert!(head.contains("x-cache: HIT"), "{head}");
+    // Refused before any cache decision, on the same connection (without a body to leave
+    // unread, so the connection stays open).
+    let refused = format!("GET /v1/./models HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    let (status, head) = exchange(&mut sock, &refused).await;
+    assert_eq!(status, 400);
+    assert!(!head.contains("x-cache"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+    let (status, head) = exchange(&mut sock, &post("/v1/embeddings")).await;
+    assert_eq!(status, 200);
+    assert!(head.contains("x-cache: HIT"), "{head}");
+
+    let text = metrics_text(&app, None).await.text().await.unwrap();
+    let count = |cache: &str, class: &str| {
+        sample(
+            &text,
+            &format!(r#"proxy_requests_total{{cache="{cache}",status_class="{class}"}}"#),
+        )
+    };
+    assert_eq!(count("miss", "2xx"), Some(1.0), "{text}");
+    assert_eq!(count("hit", "2xx"), Some(2.0), "{text}");
+    assert_eq!(count("none", "4xx"), Some(1.0), "{text}");
+    assert_eq!(count("hit", "4xx"), Some(0.0), "{text}");
+    assert_eq!(app.upstream_calls().await, 1);
+}
