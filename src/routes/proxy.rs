@@ -536,8 +536,9 @@ fn has_body(status: StatusCode) -> bool {
 /// Refuses `.`/`..` path segments, raw or percent-encoded, so no request can climb out of
 /// `/v1` on the upstream or reach another route through normalisation.
 fn reject_dot_segments(path: &str) -> Result<(), ProxyError> {
-    // Most paths have neither a dot nor an escape: nothing to look at.
-    if !path.bytes().any(|b| b == b'.' || b == b'%') {
+    // Most paths have neither a dot nor an escape: nothing to look at. memchr looks for the
+    // two a vector at a time (a byte loop was 183 instructions of a HIT's 20-byte path).
+    if memchr::memchr2(b'.', b'%', path.as_bytes()).is_none() {
         return Ok(());
     }
     let lowered = path.to_ascii_lowercase().replace("%2e", ".");
