@@ -1,6 +1,7 @@
 //! openai-cache-proxy: a caching proxy for the OpenAI API.
 
 pub mod cache;
+mod client_idle;
 mod client_ip;
 pub mod config;
 pub mod errors;

@@ -40,6 +40,13 @@ async fn main() -> ExitCode {
     // Held to the end: dropping it writes out the lines still queued.
     let (stdout, _flush_on_exit) = telemetry::stdout_writer();
     telemetry::init(config.log_format, filter, stdout);
+    // Each client connection holds two descriptors (its socket, and the duplicate that
+    // CLIENT_IDLE_TIMEOUT closes it by), so the soft limit, often 1,024, goes up to the hard
+    // one, as Go's runtime and nginx's `worker_rlimit_nofile` do.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(open_files) => tracing::debug!(open_files, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open file limit"),
+    }
 
     let app = match Application::build(config) {
         Ok(app) => app,

@@ -9,11 +9,13 @@ use actix_http::Request;
 use actix_service::IntoServiceFactory;
 use actix_web::body::MessageBody;
 use actix_web::dev::{AppConfig, Response, Server, Service, ServiceFactory};
+use actix_web::http::KeepAlive;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpServer, web};
 use tracing_actix_web::TracingLogger;
 
 use crate::cache::{CacheStore, Flights};
+use crate::client_idle;
 use crate::config::Config;
 use crate::headers::PeerHop;
 use crate::metrics::Metrics;
@@ -95,6 +97,7 @@ impl Application {
             "openai-cache-proxy listening"
         );
         let workers = state.config.workers;
+        let client_idle = state.config.client_idle_timeout;
         let rate_limited = state.limiter.is_some();
         let app = move || {
             let client = build_client(
@@ -115,9 +118,21 @@ impl Application {
         // layer that is there but turned off (`Condition`) still cost a HIT 690.
         let server = if crate::telemetry::request_spans() {
             let app = move || app().wrap(TracingLogger::<RequestSpan>::new());
-            serve(HttpServer::new(app), listener, workers, shutdown)?
+            serve(
+                HttpServer::new(app),
+                listener,
+                workers,
+                shutdown,
+                client_idle,
+            )?
         } else {
-            serve(HttpServer::new(app), listener, workers, shutdown)?
+            serve(
+                HttpServer::new(app),
+                listener,
+                workers,
+                shutdown,
+                client_idle,
+            )?
         };
         Ok(Self { port, server })
     }
@@ -148,6 +163,7 @@ fn serve<F, I, S, B>(
     listener: TcpListener,
     workers: Option<NonZeroUsize>,
     shutdown_secs: u64,
+    client_idle_timeout: Duration,
 ) -> std::io::Result<Server>
 where
     F: Fn() -> I + Send + Clone + 'static,
@@ -160,12 +176,14 @@ where
     S::Service: 'static,
     B: MessageBody + 'static,
 {
-    let mut server = server.on_connect(|conn, data| {
-        data.insert(ConnNotes::default());
+    let mut server = server.on_connect(move |conn, data| {
+        let tcp = conn.downcast_ref::<actix_web::rt::net::TcpStream>();
+        let idle = tcp.and_then(|tcp| client_idle::watch(tcp, client_idle_timeout));
+        data.insert(ConnNotes::new(idle));
         // A streamed or forwarded response goes out as a head and then body chunks; with
         // Nagle's algorithm each chunk after the head waits for the client's delayed ACK
         // (~40 ms on Linux), which `make bench` showed on every keep-alive miss.
-        let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() else {
+        let Some(tcp) = tcp else {
             return;
         };
         if let Err(e) = tcp.set_nodelay(true) {
@@ -179,6 +197,9 @@ where
         server = server.workers(n.get());
     }
     Ok(server
+        // No keep-alive timer of actix's: idle client connections are closed by
+        // `client_idle` (CLIENT_IDLE_TIMEOUT), which also covers a request head sent in part.
+        .keep_alive(KeepAlive::Os)
         .listen(listener)?
         .shutdown_timeout(shutdown_secs)
         // actix treats SIGINT as a forced stop; we drain on both (see run_until_stopped).

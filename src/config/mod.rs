@@ -45,6 +45,9 @@ pub struct Config {
     pub upstream_idle_timeout: Duration,
     pub connect_timeout: Duration,
     pub shutdown_timeout: Duration,
+    /// How long a client connection may wait for its next request before it is closed
+    /// (whole seconds; see `client_idle`).
+    pub client_idle_timeout: Duration,
     /// Worker threads serving requests; `None`: one per available CPU (actix's default).
     pub workers: Option<NonZeroUsize>,
     /// Cache capacity in bytes (MAX_CACHE_SIZE is given in MB).
@@ -98,6 +101,7 @@ struct RawConfig {
     upstream_idle_timeout: Option<String>,
     connect_timeout: Option<String>,
     shutdown_timeout: Option<String>,
+    client_idle_timeout: Option<String>,
     workers: Option<String>,
     max_cache_size: Option<String>,
     max_entry_size_bytes: Option<String>,
@@ -139,6 +143,7 @@ pub const VARIABLES: &[&str] = &[
     "TRUSTED_PROXIES",
     "LOG_FORMAT",
     "SHUTDOWN_TIMEOUT",
+    "CLIENT_IDLE_TIMEOUT",
     "WORKERS",
     "PRICE_TABLE",
     "REDIS_URL",
@@ -277,6 +282,7 @@ impl RawConfig {
                 self.shutdown_timeout,
                 Duration::from_secs(30),
             )?,
+            client_idle_timeout: parse_client_idle(self.client_idle_timeout)?,
             workers: self
                 .workers
                 .map(|s| {
@@ -372,6 +378,17 @@ fn parse_duration(
     }
 }
 
+/// CLIENT_IDLE_TIMEOUT: whole seconds, since connections are looked at once a second.
+fn parse_client_idle(raw: Option<String>) -> Result<Duration, ConfigError> {
+    const VAR: &str = "CLIENT_IDLE_TIMEOUT";
+    let d = parse_duration(VAR, raw.clone(), Duration::from_secs(5))?;
+    if d.subsec_nanos() != 0 {
+        let expected = "must be a whole number of seconds such as 5s, 75s or 2m";
+        return Err(err(VAR, expected, raw.as_deref().unwrap_or_default()));
+    }
+    Ok(d)
+}
+
 fn parse_upstream(raw: Option<String>) -> Result<Url, ConfigError> {
     const VAR: &str = "OPENAI_API_URL";
     let expected = "must be an absolute http:// or https:// URL such as https://api.openai.com";
@@ -465,6 +482,11 @@ mod tests {
         assert_eq!(c.log_format, LogFormat::Json);
         assert_eq!(c.workers, None, "actix's default: one per CPU");
         assert_eq!(
+            c.client_idle_timeout,
+            Duration::from_secs(5),
+            "actix's keep-alive"
+        );
+        assert_eq!(
             parse(&[("WORKERS", "3")]).unwrap().workers,
             NonZeroUsize::new(3)
         );
@@ -487,6 +509,9 @@ mod tests {
             ("MAX_CACHE_SIZE", "0"),
             ("TRUSTED_PROXIES", "10.0.0.0/33"),
             ("LOG_FORMAT", "xml"),
+            ("CLIENT_IDLE_TIMEOUT", "0s"),
+            ("CLIENT_IDLE_TIMEOUT", "500ms"),
+            ("CLIENT_IDLE_TIMEOUT", "1s 500ms"),
         ] {
             let e = parse(&[(var, value)]).unwrap_err();
             assert_eq!(e.variable, var);

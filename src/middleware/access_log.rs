@@ -17,6 +17,7 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 use crate::cache::{CacheKey, CacheStatus, NoCacheReason};
+use crate::client_idle::Watch;
 use crate::client_ip::client_ip;
 use crate::headers::{PROXY_ID, X_PROXY, X_REQUEST_ID};
 use crate::startup::AppState;
@@ -42,16 +43,28 @@ pub struct RequestOutcome {
 /// instructions of a HIT (callgrind). HTTP/1.1 serves a connection's requests one at a
 /// time (this server speaks no HTTP/2), and the access log empties the notes before each
 /// request and takes them after it, so nothing written for one request is read for another.
-#[derive(Clone, Default)]
+///
+/// The notes also carry the connection's [`Watch`]: the access log tells it when a request
+/// starts and when its response has ended, for CLIENT_IDLE_TIMEOUT.
+#[derive(Clone)]
 pub struct ConnNotes(Rc<Notes>);
 
-#[derive(Default)]
 struct Notes {
     client_ip: Cell<Option<IpAddr>>,
     outcome: Cell<Option<RequestOutcome>>,
+    idle: Option<Rc<Watch>>,
 }
 
 impl ConnNotes {
+    /// Notes for a newly accepted connection, watched for idleness if `idle` is given.
+    pub fn new(idle: Option<Rc<Watch>>) -> Self {
+        Self(Rc::new(Notes {
+            client_ip: Cell::new(None),
+            outcome: Cell::new(None),
+            idle,
+        }))
+    }
+
     /// The client address the access log decided for this request (TCP peer unless behind
     /// TRUSTED_PROXIES), when the rate limiter needs it.
     pub fn client_ip(&self) -> Option<IpAddr> {
@@ -74,6 +87,9 @@ impl ConnNotes {
     fn start(&self, client_ip: Option<IpAddr>) {
         self.0.client_ip.set(client_ip);
         self.0.outcome.set(None);
+        if let Some(idle) = &self.0.idle {
+            idle.request_started();
+        }
     }
 
     fn finish(&self) -> Option<RequestOutcome> {
@@ -108,8 +124,11 @@ pub async fn access_log(
     let mut request_id = incoming_request_id(&req).or_else(new_request_id);
     let api = crate::routes::is_api(req.path());
 
+    // Ends the request for the connection's idle watch when the response body is done
+    // with, or when this future is, if no response comes of it.
+    let in_flight = InFlight(notes);
     let res = next.call(req).await;
-    let outcome = notes.and_then(|n| n.finish());
+    let outcome = in_flight.0.as_ref().and_then(ConnNotes::finish);
     let mut res = res?;
 
     let status = res.status().as_u16();
@@ -153,7 +172,20 @@ pub async fn access_log(
         bytes: 0,
         ended: false,
         line,
+        _in_flight: in_flight,
     }))
+}
+
+/// A connection's request, in progress until this is dropped: with the response body, or
+/// with the access log's future when there is no response.
+struct InFlight(Option<ConnNotes>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(idle) = self.0.as_ref().and_then(|n| n.0.idle.as_ref()) {
+            idle.request_ended();
+        }
+    }
 }
 
 /// The shared state, borrowed from the request (a clone of the handle would be two atomic
@@ -217,6 +249,9 @@ pin_project_lite::pin_project! {
         // a HIT costs 757 instructions fewer at warn and 655 fewer at info, its allocation
         // included (callgrind).
         line: Option<Box<LogLine>>,
+        // Dropped with the body: actix drops a response's body once it is sent (or the
+        // client has gone).
+        _in_flight: InFlight,
     }
 
     impl<B> PinnedDrop for LoggedBody<B> {

@@ -66,6 +66,7 @@ async fn bad_environment_values_stop_the_process_with_exit_code_2() {
             Some("/nonexistent/ca.pem"),
         ),
         ("CONNECT_TIMEOUT", "0s", Some("0s")),
+        ("CLIENT_IDLE_TIMEOUT", "250ms", Some("250ms")),
         ("PROXY_FROM_ENV", "maybe", Some("maybe")),
         ("PRICE_TABLE", "gpt-4o=2.50", Some("gpt-4o=2.50")),
         ("REDIS_URL", "http://:hunter2@cache:6379", None),
@@ -254,4 +255,44 @@ async fn the_healthcheck_subcommand_answers_for_the_running_proxy() {
     let (code, stderr) = check(vec![("PORT", port)], &["serve-please"]).await;
     assert_eq!(code, Some(2));
     assert!(stderr.contains("unknown command"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_open_file_limit_is_raised_to_the_hard_limit_at_start_up() {
+    // A client connection holds two descriptors (CLIENT_IDLE_TIMEOUT keeps a duplicate), so
+    // a soft limit of 256 would halve how many connections the proxy can hold.
+    let port = closed_port().to_string();
+    let mut child = Command::new("prlimit")
+        .args(["--nofile=256:", BINARY])
+        .env_clear()
+        .envs([("PORT", port.as_str()), ("HOST", "127.0.0.1")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("prlimit (util-linux) runs the binary");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = client();
+    eventually(Duration::from_secs(10), "the proxy to listen", || async {
+        http.get(format!("{base}/health"))
+            .send()
+            .await
+            .ok()
+            .map(|_| ())
+    })
+    .await;
+    let pid = child.id().expect("running");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line")
+        .split_whitespace()
+        .collect();
+    // "Max open files <soft> <hard> files"
+    let (soft, hard) = (open_files[3], open_files[4]);
+    assert_ne!(soft, "256", "{limits}");
+    assert_eq!(soft, hard, "{limits}");
+    child.kill().await.unwrap();
 }

@@ -204,3 +204,40 @@ pub async fn raw_request(address: &str, method: &str, path: &str) -> (u16, Strin
         .unwrap_or_default();
     (status, body)
 }
+
+/// Sends `request` on `sock` and reads one answer (head and `Content-Length` body): its
+/// status and head.
+pub async fn exchange(sock: &mut tokio::net::TcpStream, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    sock.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = sock.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed before an answer");
+        got.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8(got[..head_end].to_vec()).unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_owned)
+        })
+        .expect("a sized answer")
+        .trim()
+        .parse()
+        .unwrap();
+    while got.len() < head_end + length {
+        let n = sock.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed mid-body");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got.len(), head_end + length, "nothing after the body");
+    let status = head[9..12].parse().unwrap();
+    (status, head)
+}

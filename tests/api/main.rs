@@ -1,6 +1,7 @@
 //! All black-box API tests, linked into one binary.
 
 mod cache;
+mod client_idle;
 mod coalescing;
 mod config;
 mod errors;

@@ -5,7 +5,7 @@ use wiremock::{Mock, ResponseTemplate};
 
 use std::time::Duration;
 
-use crate::helpers::{TestApp, client, eventually, spawn_app, spawn_proxy, x_cache};
+use crate::helpers::{TestApp, client, eventually, exchange, spawn_app, spawn_proxy, x_cache};
 use crate::sse_upstream::{EVENTS, Script, SseUpstream, read_all};
 
 /// A chat answer reporting its model and token usage.
@@ -272,43 +272,6 @@ async fn open_upstream_connections_go_back_down_when_they_close() {
         || async { (open(&scrape(&address).await) == Some(0.0)).then_some(()) },
     )
     .await;
-}
-
-/// Sends `request` on `sock` and reads one answer (head and `Content-Length` body): its
-/// status and head.
-async fn exchange(sock: &mut tokio::net::TcpStream, request: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    sock.write_all(request.as_bytes()).await.unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let head_end = loop {
-        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = sock.read(&mut buf).await.unwrap();
-        assert!(n > 0, "closed before an answer");
-        got.extend_from_slice(&buf[..n]);
-    };
-    let head = String::from_utf8(got[..head_end].to_vec()).unwrap();
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length: ")
-                .map(str::to_owned)
-        })
-        .expect("a sized answer")
-        .trim()
-        .parse()
-        .unwrap();
-    while got.len() < head_end + length {
-        let n = sock.read(&mut buf).await.unwrap();
-        assert!(n > 0, "closed mid-body");
-        got.extend_from_slice(&buf[..n]);
-    }
-    assert_eq!(got.len(), head_end + length, "nothing after the body");
-    let status = head[9..12].parse().unwrap();
-    (status, head)
 }
 
 #[tokio::test]
