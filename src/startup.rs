@@ -1,7 +1,6 @@
 //! `Application`: binds the listener, builds the shared state once, and runs the server.
 
 use std::net::TcpListener;
-use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -89,15 +88,13 @@ impl Application {
             tokio::spawn(async move { follower.follow_clears(l1).await });
         }
         let tls = tls_config(&state.config);
-        let shutdown = state.config.shutdown_timeout.as_secs().max(1);
         tracing::info!(
             port,
             upstream = state.upstream.as_str(),
             proxy = state.config.proxy_url.as_ref().map(|p| p.redacted()),
             "openai-cache-proxy listening"
         );
-        let workers = state.config.workers;
-        let client_idle = state.config.client_idle_timeout;
+        let config = Arc::clone(&state.config);
         let rate_limited = state.limiter.is_some();
         let app = move || {
             let client = build_client(
@@ -118,21 +115,9 @@ impl Application {
         // layer that is there but turned off (`Condition`) still cost a HIT 690.
         let server = if crate::telemetry::request_spans() {
             let app = move || app().wrap(TracingLogger::<RequestSpan>::new());
-            serve(
-                HttpServer::new(app),
-                listener,
-                workers,
-                shutdown,
-                client_idle,
-            )?
+            serve(HttpServer::new(app), listener, &config)?
         } else {
-            serve(
-                HttpServer::new(app),
-                listener,
-                workers,
-                shutdown,
-                client_idle,
-            )?
+            serve(HttpServer::new(app), listener, &config)?
         };
         Ok(Self { port, server })
     }
@@ -161,9 +146,7 @@ impl Application {
 fn serve<F, I, S, B>(
     server: HttpServer<F, I, S, B>,
     listener: TcpListener,
-    workers: Option<NonZeroUsize>,
-    shutdown_secs: u64,
-    client_idle_timeout: Duration,
+    config: &Config,
 ) -> std::io::Result<Server>
 where
     F: Fn() -> I + Send + Clone + 'static,
@@ -176,6 +159,7 @@ where
     S::Service: 'static,
     B: MessageBody + 'static,
 {
+    let client_idle_timeout = config.client_idle_timeout;
     let mut server = server.on_connect(move |conn, data| {
         let tcp = conn.downcast_ref::<actix_web::rt::net::TcpStream>();
         let idle = tcp.and_then(|tcp| client_idle::watch(tcp, client_idle_timeout));
@@ -193,7 +177,7 @@ where
             data.insert(PeerHop::new(peer.ip()));
         }
     });
-    if let Some(n) = workers {
+    if let Some(n) = config.workers {
         server = server.workers(n.get());
     }
     Ok(server
@@ -201,7 +185,7 @@ where
         // `client_idle` (CLIENT_IDLE_TIMEOUT), which also covers a request head sent in part.
         .keep_alive(KeepAlive::Os)
         .listen(listener)?
-        .shutdown_timeout(shutdown_secs)
+        .shutdown_timeout(config.shutdown_timeout.as_secs().max(1))
         // actix treats SIGINT as a forced stop; we drain on both (see run_until_stopped).
         .disable_signals()
         .run())

@@ -33,6 +33,12 @@ pub async fn start_binary(vars: &[(&str, &str)]) -> (tokio::process::Child, Stri
     all.extend_from_slice(vars);
     let child = command(&all).spawn().expect("the binary starts");
     let base = format!("http://127.0.0.1:{port}");
+    listening(&base).await;
+    (child, base)
+}
+
+/// Waits until the proxy at `base` answers `/health`.
+async fn listening(base: &str) {
     let http = client();
     eventually(Duration::from_secs(10), "the proxy to listen", || async {
         http.get(format!("{base}/health"))
@@ -42,7 +48,6 @@ pub async fn start_binary(vars: &[(&str, &str)]) -> (tokio::process::Child, Stri
             .map(|_| ())
     })
     .await;
-    (child, base)
 }
 
 #[tokio::test]
@@ -272,16 +277,7 @@ async fn the_open_file_limit_is_raised_to_the_hard_limit_at_start_up() {
         .kill_on_drop(true)
         .spawn()
         .expect("prlimit (util-linux) runs the binary");
-    let base = format!("http://127.0.0.1:{port}");
-    let http = client();
-    eventually(Duration::from_secs(10), "the proxy to listen", || async {
-        http.get(format!("{base}/health"))
-            .send()
-            .await
-            .ok()
-            .map(|_| ())
-    })
-    .await;
+    listening(&format!("http://127.0.0.1:{port}")).await;
     let pid = child.id().expect("running");
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
     let open_files: Vec<&str> = limits
