@@ -4,6 +4,7 @@ pub mod cache;
 mod client_idle;
 mod client_ip;
 pub mod config;
+mod drain;
 pub mod errors;
 mod gather;
 pub mod headers;

@@ -4,18 +4,21 @@ use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_http::Request;
-use actix_service::IntoServiceFactory;
+use actix_http::{Extensions, HttpService, Request};
+use actix_server::Server;
+use actix_service::{IntoServiceFactory, ServiceFactoryExt, map_config};
 use actix_web::body::MessageBody;
-use actix_web::dev::{AppConfig, Response, Server, Service, ServiceFactory};
+use actix_web::dev::{AppConfig, Response, Service, ServiceFactory};
 use actix_web::http::KeepAlive;
 use actix_web::middleware::from_fn;
-use actix_web::{App, HttpServer, web};
+use actix_web::rt::net::TcpStream;
+use actix_web::{App, web};
 use tracing_actix_web::TracingLogger;
 
 use crate::cache::{CacheStore, Flights};
 use crate::client_idle;
 use crate::config::Config;
+use crate::drain;
 use crate::headers::PeerHop;
 use crate::metrics::Metrics;
 use crate::middleware::{ConnNotes, Limiter, access_log, new_limiter, prune_idle};
@@ -115,9 +118,9 @@ impl Application {
         // layer that is there but turned off (`Condition`) still cost a HIT 690.
         let server = if crate::telemetry::request_spans() {
             let app = move || app().wrap(TracingLogger::<RequestSpan>::new());
-            serve(HttpServer::new(app), listener, &config)?
+            serve(app, listener, &config)?
         } else {
-            serve(HttpServer::new(app), listener, &config)?
+            serve(app, listener, &config)?
         };
         Ok(Self { port, server })
     }
@@ -142,12 +145,11 @@ impl Application {
     }
 }
 
-/// Starts `server` on `listener`, whichever middleware its app has.
-fn serve<F, I, S, B>(
-    server: HttpServer<F, I, S, B>,
-    listener: TcpListener,
-    config: &Config,
-) -> std::io::Result<Server>
+/// Serves `app` on `listener`, whichever middleware it has: actix-web's `HttpServer` set-up
+/// (actix-server's workers, actix-http's HTTP/1 service) with two differences. Connections
+/// hear of a graceful shutdown from their worker (src/drain.rs) rather than from a lock they
+/// all share, and idle ones are closed by `client_idle` rather than by a timer per request.
+fn serve<F, I, S, B>(app: F, listener: TcpListener, config: &Config) -> std::io::Result<Server>
 where
     F: Fn() -> I + Send + Clone + 'static,
     I: IntoServiceFactory<S, Request>,
@@ -159,32 +161,47 @@ where
     S::Service: 'static,
     B: MessageBody + 'static,
 {
-    let client_idle_timeout = config.client_idle_timeout;
-    let mut server = server.on_connect(move |conn, data| {
-        let tcp = conn.downcast_ref::<actix_web::rt::net::TcpStream>();
-        let idle = tcp.and_then(|tcp| client_idle::watch(tcp, client_idle_timeout));
-        data.insert(ConnNotes::new(idle));
-        // A streamed or forwarded response goes out as a head and then body chunks; with
-        // Nagle's algorithm each chunk after the head waits for the client's delayed ACK
-        // (~40 ms on Linux), which `make bench` showed on every keep-alive miss.
-        let Some(tcp) = tcp else {
-            return;
-        };
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-        if let Ok(peer) = tcp.peer_addr() {
-            data.insert(PeerHop::new(peer.ip()));
-        }
-    });
+    let mut builder = Server::build();
+    let shutdown = builder.graceful_shutdown_signal();
     if let Some(n) = config.workers {
-        server = server.workers(n.get());
+        builder = builder.workers(n.get());
     }
-    Ok(server
-        // No keep-alive timer of actix's: idle client connections are closed by
-        // `client_idle` (CLIENT_IDLE_TIMEOUT), which also covers a request head sent in part.
-        .keep_alive(KeepAlive::Os)
-        .listen(listener)?
+    let addr = listener.local_addr()?;
+    let client_idle_timeout = config.client_idle_timeout;
+    Ok(builder
+        .listen("openai-cache-proxy", listener, move || {
+            let shutdown = shutdown.clone();
+            let app = app()
+                .into_factory()
+                .map_err(|err| err.into().error_response());
+            HttpService::build()
+                // No keep-alive timer of actix's: idle client connections are closed by
+                // `client_idle` (CLIENT_IDLE_TIMEOUT), which also covers a request head sent
+                // in part. A first head still has 5 s (`client_request_timeout`, 408), and a
+                // closing connection 1 s to be shut down: HttpServer's defaults.
+                .keep_alive(KeepAlive::Os)
+                .client_disconnect_timeout(Duration::from_secs(1))
+                .local_addr(addr)
+                .graceful_shutdown_signal(move || drain::signal(&shutdown))
+                .on_connect_ext(move |tcp: &TcpStream, data: &mut Extensions| {
+                    let idle = client_idle::watch(tcp, client_idle_timeout);
+                    data.insert(ConnNotes::new(idle));
+                    // A streamed or forwarded response goes out as a head and then body
+                    // chunks; with Nagle's algorithm each chunk after the head waits for the
+                    // client's delayed ACK (~40 ms on Linux), which `make bench` showed on
+                    // every keep-alive miss.
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!(error = %e, "could not set TCP_NODELAY");
+                    }
+                    if let Ok(peer) = tcp.peer_addr() {
+                        data.insert(PeerHop::new(peer.ip()));
+                    }
+                })
+                // The app sees no host or address of the server's: HttpServer's would only
+                // name the listener where a request has no Host header.
+                .finish(map_config(app, |_| AppConfig::default()))
+                .tcp()
+        })?
         .shutdown_timeout(config.shutdown_timeout.as_secs().max(1))
         // actix treats SIGINT as a forced stop; we drain on both (see run_until_stopped).
         .disable_signals()

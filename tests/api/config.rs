@@ -9,7 +9,7 @@ use tokio::process::Command;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::{client, closed_port, eventually};
+use crate::helpers::{client, closed_port, eventually, exchange};
 use crate::sse_upstream::{EVENTS, Script, SseUpstream};
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_openai-cache-proxy");
@@ -138,8 +138,7 @@ async fn sigterm_lets_a_hundred_in_flight_requests_finish_and_refuses_new_ones()
         (upstream.calls() == 100).then_some(())
     })
     .await;
-    let pid = Pid::from_raw(i32::try_from(child.id().expect("running")).unwrap());
-    kill(pid, Signal::SIGTERM).expect("SIGTERM delivered");
+    send_signal(&child, Signal::SIGTERM);
 
     let port = base.rsplit(':').next().unwrap();
     eventually(
@@ -195,8 +194,7 @@ async fn stop_signal_drains(signal: Signal) {
         || async { (!upstream.received_requests().await.unwrap().is_empty()).then_some(()) },
     )
     .await;
-    let pid = Pid::from_raw(i32::try_from(child.id().expect("running")).unwrap());
-    kill(pid, signal).expect("signal delivered");
+    send_signal(&child, signal);
 
     let answer = in_flight.await.unwrap();
     let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
@@ -218,6 +216,115 @@ async fn stop_signal_drains(signal: Signal) {
         http.get(format!("{base}/health")).send().await.is_err(),
         "still accepting"
     );
+}
+
+#[tokio::test]
+async fn sigterm_closes_idle_keep_alive_connections_on_every_worker_at_once() {
+    // Neither CLIENT_IDLE_TIMEOUT nor SHUTDOWN_TIMEOUT may be what closes them.
+    let (child, base) = start_binary(&[
+        ("WORKERS", "2"),
+        ("CLIENT_IDLE_TIMEOUT", "60s"),
+        ("SHUTDOWN_TIMEOUT", "60s"),
+    ])
+    .await;
+    let addr = base.trim_start_matches("http://");
+    // actix-server hands connections to its workers in turn: both get two.
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (status, _) = exchange(&mut sock, "GET /health HTTP/1.1\r\nHost: p\r\n\r\n").await;
+        assert_eq!(status, 200);
+        idle.push(sock);
+    }
+    send_signal(&child, Signal::SIGTERM);
+    for (i, sock) in idle.iter_mut().enumerate() {
+        closed_within(
+            sock,
+            Duration::from_secs(10),
+            &format!("idle connection {i}"),
+        )
+        .await;
+    }
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("the process exits once its connections are closed")
+        .unwrap();
+    assert!(out.status.success(), "{}", out.status);
+}
+
+#[tokio::test]
+async fn sigterm_answers_the_request_in_progress_then_closes_the_connection_unstarted_next_request()
+{
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string("finished")
+                .set_delay(Duration::from_millis(1500)),
+        )
+        .mount(&upstream)
+        .await;
+    let (child, base) = start_binary(&[
+        ("OPENAI_API_URL", &upstream.uri()),
+        ("CLIENT_IDLE_TIMEOUT", "60s"),
+        ("SHUTDOWN_TIMEOUT", "60s"),
+    ])
+    .await;
+    let mut sock = tokio::net::TcpStream::connect(base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    // A second request queued behind the first (pipelined): it must not be started.
+    let in_flight = tokio::spawn(async move {
+        let requests = "POST /v1/files HTTP/1.1\r\nHost: p\r\nContent-Length: 1\r\n\r\nx\
+                        GET /health HTTP/1.1\r\nHost: p\r\n\r\n";
+        let answer = exchange(&mut sock, requests).await;
+        (sock, answer)
+    });
+    eventually(
+        Duration::from_secs(10),
+        "the request to reach the upstream",
+        || async { (!upstream.received_requests().await.unwrap().is_empty()).then_some(()) },
+    )
+    .await;
+    send_signal(&child, Signal::SIGTERM);
+    // Whole (`exchange` reads all of its 8 bytes), and the client is told not to reuse it.
+    let (mut sock, (status, head)) = in_flight.await.unwrap();
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains("content-length: 8\r\n"), "{head}");
+    assert!(head.contains("connection: close\r\n"), "{head}");
+    closed_within(
+        &mut sock,
+        Duration::from_secs(10),
+        "the connection after its answer",
+    )
+    .await;
+    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+        .await
+        .expect("the process exits once its connections are closed")
+        .unwrap();
+    assert!(out.status.success(), "{}", out.status);
+}
+
+fn send_signal(child: &tokio::process::Child, signal: Signal) {
+    let pid = Pid::from_raw(i32::try_from(child.id().expect("running")).unwrap());
+    kill(pid, signal).expect("signal delivered");
+}
+
+/// Waits up to `limit` for the proxy to close `sock` (end of stream or reset), with nothing
+/// more sent on it.
+async fn closed_within(sock: &mut tokio::net::TcpStream, limit: Duration, what: &str) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 256];
+    match tokio::time::timeout(limit, sock.read(&mut buf)).await {
+        Err(_) => panic!("{what}: still open {limit:?} after the signal"),
+        Ok(Ok(n)) => assert_eq!(
+            n,
+            0,
+            "{what}: sent {:?}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
+        Ok(Err(e)) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{what}: {e}"),
+    }
 }
 
 #[tokio::test]
