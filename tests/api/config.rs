@@ -170,15 +170,7 @@ async fn sigint_lets_in_flight_requests_finish() {
 }
 
 async fn stop_signal_drains(signal: Signal) {
-    let upstream = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_string("finished")
-                .set_delay(Duration::from_millis(1500)),
-        )
-        .mount(&upstream)
-        .await;
+    let upstream = slow_upstream().await;
     let (child, base) = start_binary(&[("OPENAI_API_URL", &upstream.uri())]).await;
     let http = client();
 
@@ -188,19 +180,11 @@ async fn stop_signal_drains(signal: Signal) {
         async move { http.post(url).body("x").send().await?.text().await }
     });
     // Signal only once the request is inside the upstream call.
-    eventually(
-        Duration::from_secs(10),
-        "the request to reach the upstream",
-        || async { (!upstream.received_requests().await.unwrap().is_empty()).then_some(()) },
-    )
-    .await;
+    reached(&upstream).await;
     send_signal(&child, signal);
 
     let answer = in_flight.await.unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
-        .await
-        .expect("the process exits after draining")
-        .unwrap();
+    let out = exited(child).await;
     let logs = format!(
         "{}\n{}\n{}",
         out.status,
@@ -245,25 +229,13 @@ async fn sigterm_closes_idle_keep_alive_connections_on_every_worker_at_once() {
         )
         .await;
     }
-    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
-        .await
-        .expect("the process exits once its connections are closed")
-        .unwrap();
+    let out = exited(child).await;
     assert!(out.status.success(), "{}", out.status);
 }
 
 #[tokio::test]
-async fn sigterm_answers_the_request_in_progress_then_closes_the_connection_unstarted_next_request()
-{
-    let upstream = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_string("finished")
-                .set_delay(Duration::from_millis(1500)),
-        )
-        .mount(&upstream)
-        .await;
+async fn sigterm_answers_the_request_in_progress_and_closes_its_connection_before_the_next() {
+    let upstream = slow_upstream().await;
     let (child, base) = start_binary(&[
         ("OPENAI_API_URL", &upstream.uri()),
         ("CLIENT_IDLE_TIMEOUT", "60s"),
@@ -280,12 +252,7 @@ async fn sigterm_answers_the_request_in_progress_then_closes_the_connection_unst
         let answer = exchange(&mut sock, requests).await;
         (sock, answer)
     });
-    eventually(
-        Duration::from_secs(10),
-        "the request to reach the upstream",
-        || async { (!upstream.received_requests().await.unwrap().is_empty()).then_some(()) },
-    )
-    .await;
+    reached(&upstream).await;
     send_signal(&child, Signal::SIGTERM);
     // Whole (`exchange` reads all of its 8 bytes), and the client is told not to reuse it.
     let (mut sock, (status, head)) = in_flight.await.unwrap();
@@ -298,11 +265,40 @@ async fn sigterm_answers_the_request_in_progress_then_closes_the_connection_unst
         "the connection after its answer",
     )
     .await;
-    let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+    let out = exited(child).await;
+    assert!(out.status.success(), "{}", out.status);
+}
+
+/// An upstream that answers a POST with "finished" after 1.5 s.
+async fn slow_upstream() -> MockServer {
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_string("finished")
+                .set_delay(Duration::from_millis(1500)),
+        )
+        .mount(&upstream)
+        .await;
+    upstream
+}
+
+/// Waits until a request has reached `upstream`.
+async fn reached(upstream: &MockServer) {
+    eventually(
+        Duration::from_secs(10),
+        "the request to reach the upstream",
+        || async { (!upstream.received_requests().await.unwrap().is_empty()).then_some(()) },
+    )
+    .await;
+}
+
+/// The process's end, which must come within 10 s.
+async fn exited(child: tokio::process::Child) -> std::process::Output {
+    tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
         .await
         .expect("the process exits once its connections are closed")
-        .unwrap();
-    assert!(out.status.success(), "{}", out.status);
+        .unwrap()
 }
 
 fn send_signal(child: &tokio::process::Child, signal: Signal) {
