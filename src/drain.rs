@@ -49,13 +49,10 @@ pub fn signal(server: &GracefulShutdownSignal) -> Stopping {
         worker
             .get_or_insert_with(|| {
                 let worker = Rc::new(Worker::default());
-                let server = server.clone();
-                let weak = Rc::downgrade(&worker);
+                let (server, stopping) = (server.clone(), worker.clone());
                 actix_web::rt::spawn(async move {
                     server.notified().await;
-                    if let Some(worker) = weak.upgrade() {
-                        worker.stop();
-                    }
+                    stopping.stop();
                 });
                 worker
             })
