@@ -174,8 +174,15 @@ mkdir -p "$WORK/nginx"
 nginx_user=""
 # A root master would switch its workers to nobody, who cannot enter our 0700 temp dirs.
 [[ "$(id -u)" -ne 0 ]] || nginx_user="user root;"
+# nginx's keys zone holds about 8,000 keys per MB, and every MISS-unique request adds one
+# faster than its cache manager removes them (100 files per 50 ms by default): 64 MB
+# (~512,000 keys) is enough for the default 25 s of MISS-unique, and a longer run gets 128 MB
+# per 25 s, or part of it. A full zone answers 500 ("could not allocate node").
+miss_seconds=$((ROUNDS * SECONDS_PER_RUN))
+keys_zone_mb=64
+((miss_seconds <= 25)) || keys_zone_mb=$((128 * ((miss_seconds + 24) / 25)))
 sed -e "s|@USER@|$nginx_user|" -e "s|@DIR@|$WORK/nginx|g" -e "s|@CACHE_DIR@|$CACHE_DIR|" \
-    -e "s|@UPSTREAM_PORT@|$UPSTREAM_PORT|" -e "s|@PORT@|$NGINX_PORT|" \
+    -e "s|@UPSTREAM_PORT@|$UPSTREAM_PORT|" -e "s|@PORT@|$NGINX_PORT|" -e "s|@KEYS_ZONE_MB@|$keys_zone_mb|" \
     "$B/nginx.conf.in" >"$WORK/nginx/nginx.conf"
 NGINX_ARGS=(-p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -e "$WORK/nginx/error.log")
 "$NGINX_BIN" -t -q "${NGINX_ARGS[@]}" || die "nginx rejected its config ($WORK/nginx/nginx.conf)"
