@@ -188,19 +188,21 @@ def main():
 
 
     def fig(name, value, fmt, op, target, rounds_of=None):
-        ok = value >= target if op == ">=" else value <= target
-        shown = f"{value:{fmt}}"
-        if float(shown) == target and not ok:  # 0.7996 would print as 0.80, next to a ✗
-            shown = f"{value:{fmt[:-2]}4f}"
+        def met(x):
+            return x >= target if op == ">=" else x <= target
+
+        def show(x):  # 0.7996 would print as 0.80, next to a ✗
+            shown = f"{x:{fmt}}"
+            return f"{x:{fmt[:-2]}4f}" if float(shown) == target and not met(x) else shown
+
         noise = ""
         if rounds_of is not None:
             # Whether the rounds' spread leaves the verdict in doubt: the median's interval
             # lying wholly on one side of the target, or across it.
             low, high, cover = median_interval(rounds_of)
-            side = [x >= target if op == ">=" else x <= target for x in (low, high)]
-            doubt = "clear" if side[0] == side[1] else "within noise"
-            noise = f"; {cover:.0%} interval of the median {low:{fmt}}..{high:{fmt}}: {doubt}"
-        return f"{name} {shown} ({'✓' if ok else '✗'} {op} {target:g}{noise})"
+            doubt = "clear" if met(low) == met(high) else "within noise"
+            noise = f"; {cover:.1%} interval of the median {show(low)}..{show(high)}: {doubt}"
+        return f"{name} {show(value)} ({'✓' if met(value) else '✗'} {op} {target:g}{noise})"
 
     pairs = {
         "HIT/CEILING": ("HIT", "PROXY", "CEILING"),
