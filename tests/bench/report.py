@@ -8,7 +8,9 @@ WORK_DIR/startup (`ms kB` per start), WORK_DIR/l2 (`requests l2_hits` of HIT-L2)
 GET /stats). Medians are over rounds; spread is (max - min) / median. A ratio between two targets
 is the median of its per-round ratios: within a round the two ran seconds apart, on the same
 machine state, so each round's ratio cancels most of the drift that moves absolute numbers
-between rounds (the ratio of the two medians is printed beside it).
+between rounds (the ratio of the two medians is printed beside it). The summary gives each
+per-round target figure an interval for its median (`median_interval`) and says whether the
+target lies outside it.
 """
 
 import json
