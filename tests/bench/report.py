@@ -5,7 +5,8 @@ Reads WORK_DIR/results (`scenario target round req/s p50_ms requests` per wrk ru
 WORK_DIR/upstream (`scenario target round upstream_requests wrk_requests` per cache run),
 WORK_DIR/stream (`target ttfb_ms head_ms`), WORK_DIR/miss-rss (`idle|during|round|after kB`),
 WORK_DIR/startup (`ms kB` per start), WORK_DIR/l2 (`requests l2_hits` of HIT-L2) and, if present, WORK_DIR/miss-stats.json (the MISS proxy's
-GET /stats). Medians are over rounds; spread is (max - min) / median. A ratio between two targets
+GET /stats), WORK_DIR/idle (`scenario target round idle_sleeps requests` per one-connection
+run) and WORK_DIR/idle-setting (how the CPUs idled). Medians are over rounds; spread is (max - min) / median. A ratio between two targets
 is the median of its per-round ratios: within a round the two ran seconds apart, on the same
 machine state, so each round's ratio cancels most of the drift that moves absolute numbers
 between rounds (the ratio of the two medians is printed beside it). The summary gives each
@@ -64,6 +65,26 @@ def miss_cache_note(work):
                 f" of {mb(cache['max_size_bytes'] / 1024):.0f} MB, {cache['evictions']} evictions")
     except (OSError, ValueError, KeyError, TypeError):
         return ""
+
+
+def idle_note(work):
+    """Per FORWARD-1c target, the CPUs' idle sleeps per request (the median over rounds), if
+    run.sh could count them: each is a CPU that stopped and had to be woken for the request."""
+    per = {}
+    try:
+        for line in open(f"{work}/idle"):
+            scenario, target, _, sleeps, requests = line.split()
+            if scenario == "FORWARD-1c" and int(requests) > 0:
+                per.setdefault(target, []).append(int(sleeps) / int(requests))
+        setting = open(f"{work}/idle-setting").read().strip()
+    except (OSError, ValueError):
+        return ""
+    if not per:
+        return ""
+    return ("FORWARD-1c CPU idle sleeps per request (entries of all CPUs into an idle state other"
+            " than polling, each a CPU woken again; the median over rounds): "
+            + ", ".join(f"{t} {statistics.median(v):.2f}" for t, v in per.items())
+            + f". {setting}")
 
 
 def main():
@@ -169,6 +190,9 @@ def main():
           + " (RELAY: socat copying bytes, no HTTP: the least a second hop adds here; STACK: a bare"
           " actix-web + awc forwarder, the least a proxy on this stack adds; STACK-CACHE: STACK"
           " with the least a cache adds, a SHA-256 key and moka's lookup and store)")
+    sleeps = idle_note(work)
+    if sleeps:
+        print(sleeps)
     print("STACK, the bare actix-web + awc forwarder, against NGINX (what the stack alone reaches):"
           f" FORWARD {ratio('FORWARD', 'STACK', 'NGINX'):.2f},"
           f" MISS-unique {ratio('MISS-unique', 'STACK', 'NGINX'):.2f};"

@@ -20,7 +20,8 @@
 # Env: BENCH_SECONDS (per wrk run, default 5), BENCH_ROUNDS (interleaved rounds, default 5, min 2),
 # BENCH_STREAM_REQUESTS (streamed requests, half DIRECT and half PROXY misses, each miss then
 # replayed as a HIT, default 200, min 2),
-# BENCH_STARTS (proxy start-ups timed, default 5).
+# BENCH_STARTS (proxy start-ups timed, default 5), BENCH_HALT_POLL_NS (the guest's halt polling in
+# nanoseconds for the run, on a VM with the haltpoll cpuidle driver; root; restored at exit).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -44,6 +45,20 @@ say() { echo "bench: $*" >&2; }
 [[ "$STREAM_REQUESTS" =~ ^[0-9]+$ && "$STREAM_REQUESTS" -ge 2 ]] ||
     die "BENCH_STREAM_REQUESTS must be an integer >= 2, got '$STREAM_REQUESTS'"
 [[ "$STARTS" =~ ^[1-9][0-9]*$ ]] || die "BENCH_STARTS must be a positive integer, got '$STARTS'"
+# How an idle CPU waits decides what a wakeup costs, and at one connection every request is a
+# chain of wakeups. In a VM with the haltpoll cpuidle driver an idle vCPU may poll for a while
+# before it halts; once halted, waking it goes through the hypervisor. BENCH_HALT_POLL_NS sets
+# that while (the kernel's default is 200000); the run prints the setting it measured under.
+HALT_POLL=/sys/module/haltpoll/parameters/guest_halt_poll_ns
+HALT_POLL_BEFORE=""
+if [[ -n "${BENCH_HALT_POLL_NS:-}" ]]; then
+    [[ "$BENCH_HALT_POLL_NS" =~ ^[0-9]+$ ]] ||
+        die "BENCH_HALT_POLL_NS must be a whole number of nanoseconds, got '$BENCH_HALT_POLL_NS'"
+    [[ -e "$HALT_POLL" ]] ||
+        die "BENCH_HALT_POLL_NS is set, but $HALT_POLL is missing: this kernel has no haltpoll cpuidle driver"
+    [[ "$(id -u)" -eq 0 ]] || die "BENCH_HALT_POLL_NS is set, but only root can write $HALT_POLL"
+    HALT_POLL_BEFORE="$(<"$HALT_POLL")"
+fi
 
 # --- Tools: Debian packages, installed when missing and we are root. ---
 for tool in curl python3 timeout; do
@@ -115,10 +130,18 @@ cleanup() {
         wait "$pid" 2>/dev/null || true
     done
     rm -rf "$WORK" "$CACHE_DIR"
+    [[ -z "$HALT_POLL_BEFORE" ]] || echo "$HALT_POLL_BEFORE" >"$HALT_POLL"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+[[ -z "$HALT_POLL_BEFORE" ]] || echo "$BENCH_HALT_POLL_NS" >"$HALT_POLL"
+idle_driver="$(cat /sys/devices/system/cpu/cpuidle/current_driver 2>/dev/null || echo none)"
+idle_line="CPU idle: cpuidle driver $idle_driver"
+[[ ! -e "$HALT_POLL" ]] || idle_line+=", guest halt polling $(<"$HALT_POLL") ns"
+[[ -z "$HALT_POLL_BEFORE" ]] || idle_line+=" (BENCH_HALT_POLL_NS; $HALT_POLL_BEFORE before the run)"
+echo "$idle_line"
+echo "$idle_line" >"$WORK/idle-setting"
 
 stop() { # pid: stop one process we started and forget it
     kill "$1" 2>/dev/null || true
@@ -313,11 +336,27 @@ check_stream() {
 }
 
 # --- Measurement. ---
+# Entries of all CPUs into an idle state other than polling: each one a CPU that stopped and had
+# to be woken (in a VM, a halt that the hypervisor ends). Prints nothing without cpuidle.
+idle_sleeps() {
+    local state name total=0 found=""
+    for state in /sys/devices/system/cpu/cpu[0-9]*/cpuidle/state[0-9]*; do
+        [[ -r "$state/usage" && -r "$state/name" ]] || continue
+        found=1
+        name="$(<"$state/name")"
+        [[ "$name" == POLL ]] || total=$((total + $(<"$state/usage")))
+    done
+    [[ -z "$found" ]] || echo "$total"
+}
+
 # One wrk run; appends `scenario target round req/s p50-ms requests` to $WORK/results and sets
-# WRK_REQUESTS. 64 connections on 2 threads, or 1 on 1; script arguments go after the URL.
+# WRK_REQUESTS. 64 connections on 2 threads, or 1 on 1; script arguments go after the URL. A
+# run on one connection also appends `scenario target round idle-sleeps requests` to
+# $WORK/idle: there every request is a chain of wakeups, and what one costs depends on whether
+# the CPU it lands on was asleep.
 run_wrk() { # scenario target base-url connections round lua [script-args...]
-    local out="$WORK/wrk-$1-$2-$5.txt" threads=2
-    ((${4} > 1)) || threads=1
+    local out="$WORK/wrk-$1-$2-$5.txt" threads=2 sleeps=""
+    ((${4} > 1)) || { threads=1 && sleeps="$(idle_sleeps)"; }
     timeout $((SECONDS_PER_RUN + 30)) \
         wrk -t"$threads" -c"$4" -d"${SECONDS_PER_RUN}s" --latency -s "$6" "$3" "${@:7}" >"$out" 2>&1 ||
         { cat "$out" >&2; die "wrk against $1 $2 failed (round $5)"; }
@@ -337,6 +376,7 @@ run_wrk() { # scenario target base-url connections round lua [script-args...]
     [[ -n "$rps" && -n "$p50" && -n "$WRK_REQUESTS" ]] ||
         { cat "$out" >&2; die "could not parse wrk output for $1 $2"; }
     echo "$1 $2 $5 $rps $p50 $WRK_REQUESTS" >>"$WORK/results"
+    [[ -z "$sleeps" ]] || echo "$1 $2 $5 $(($(idle_sleeps) - sleeps)) $WRK_REQUESTS" >>"$WORK/idle"
     say "round $5 $1 $2: $rps req/s, p50 ${p50} ms"
 }
 
