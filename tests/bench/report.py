@@ -4,12 +4,13 @@ Usage: report.py WORK_DIR SECONDS ROUNDS MISS_CACHE_MB
 Reads WORK_DIR/results (`scenario target round req/s p50_ms requests` per wrk run),
 WORK_DIR/upstream (`scenario target round upstream_requests wrk_requests` per cache run),
 WORK_DIR/stream (`target ttfb_ms head_ms`), WORK_DIR/miss-rss (`idle|during|round|after kB`),
-WORK_DIR/startup (`ms kB` per start), WORK_DIR/l2 (`requests l2_hits` of HIT-L2) and, if present, WORK_DIR/miss-stats.json (the MISS proxy's
-GET /stats), WORK_DIR/idle (`scenario target round idle_sleeps requests` per one-connection
-run) and WORK_DIR/idle-setting (how the CPUs idled). Medians are over rounds; spread is (max - min) / median. A ratio between two targets
-is the median of its per-round ratios: within a round the two ran seconds apart, on the same
-machine state, so each round's ratio cancels most of the drift that moves absolute numbers
-between rounds (the ratio of the two medians is printed beside it). The summary gives each
+WORK_DIR/startup (`ms kB` per start), WORK_DIR/l2 (`requests l2_hits` of HIT-L2) and, if present,
+WORK_DIR/miss-stats.json (the MISS proxy's GET /stats), WORK_DIR/idle (`scenario target round
+idle_sleeps requests` per one-connection run) and WORK_DIR/idle-setting (how the CPUs idled).
+Medians are over rounds; spread is (max - min) / median. A ratio between two targets is the
+median of its per-round ratios: within a round the two ran seconds apart, on the same machine
+state, so each round's ratio cancels most of the drift that moves absolute numbers between
+rounds (the ratio of the two medians is printed beside it). The summary gives each
 per-round target figure an interval for its median (`median_interval`) and says whether the
 target lies outside it.
 """

@@ -130,12 +130,17 @@ cleanup() {
         wait "$pid" 2>/dev/null || true
     done
     rm -rf "$WORK" "$CACHE_DIR"
-    [[ -z "$HALT_POLL_BEFORE" ]] || echo "$HALT_POLL_BEFORE" >"$HALT_POLL"
+    [[ -z "$HALT_POLL_BEFORE" ]] || echo "$HALT_POLL_BEFORE" 2>/dev/null >"$HALT_POLL" ||
+        say "warning: could not put $HALT_POLL back to $HALT_POLL_BEFORE"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-[[ -z "$HALT_POLL_BEFORE" ]] || echo "$BENCH_HALT_POLL_NS" >"$HALT_POLL"
+if [[ -n "$HALT_POLL_BEFORE" ]]; then
+    # A read-only /sys (a container) refuses even root.
+    echo "$BENCH_HALT_POLL_NS" 2>/dev/null >"$HALT_POLL" ||
+        { HALT_POLL_BEFORE="" && die "BENCH_HALT_POLL_NS: could not write $HALT_POLL"; }
+fi
 idle_driver="$(cat /sys/devices/system/cpu/cpuidle/current_driver 2>/dev/null || echo none)"
 idle_line="CPU idle: cpuidle driver $idle_driver"
 [[ ! -e "$HALT_POLL" ]] || idle_line+=", guest halt polling $(<"$HALT_POLL") ns"
