@@ -12,7 +12,9 @@
 # CALLGRIND_MODE=stack counts the same no-cache requests through the bench's bare actix-web + awc
 # forwarder (STACK), the floor a forward or a miss is compared with; CALLGRIND_MODE=stack-cache
 # counts the same HITs answered by that forwarder with its cache (STACK-CACHE: key, lookup,
-# stored bytes out), the least a HIT costs on this stack.
+# stored bytes out), the least a HIT costs on this stack; CALLGRIND_MODE=stack-cache-miss counts
+# the MISS requests through that forwarder with a 1 MB cache (key, lookup, upstream call, store
+# and eviction), the least a MISS costs on this stack.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${HIT_REQUESTS:-2000}
@@ -24,7 +26,8 @@ case "$MODE" in
   ceiling) extra=() ;;
   stack) extra=(no-cache) ;;
   stack-cache) extra=() ;;
-  *) echo "CALLGRIND_MODE must be hit, forward, miss, ceiling, stack or stack-cache, got '$MODE'" >&2; exit 2 ;;
+  stack-cache-miss) extra=(unique) ;;
+  *) echo "CALLGRIND_MODE must be hit, forward, miss, ceiling, stack, stack-cache or stack-cache-miss, got '$MODE'" >&2; exit 2 ;;
 esac
 command -v valgrind >/dev/null || { echo "valgrind not found: apt-get install valgrind" >&2; exit 1; }
 export CARGO_TARGET_DIR=target/callgrind
@@ -48,6 +51,7 @@ run() {
   [ "$MODE" = stack ] && target=$bin/examples/bench-forwarder
   local cache_mb=()
   [ "$MODE" = stack-cache ] && target=$bin/examples/bench-forwarder && cache_mb=(CACHE_MB=64)
+  [ "$MODE" = stack-cache-miss ] && target=$bin/examples/bench-forwarder && cache_mb=(CACHE_MB=1)
   local size=100
   [ "$MODE" = miss ] && size=1
   env -i PORT="$px" MAX_CACHE_SIZE="$size" HOST=127.0.0.1 OPENAI_API_URL="http://127.0.0.1:$up" UPSTREAM="http://127.0.0.1:$up" RATE_LIMIT=0 RUST_LOG=warn \
