@@ -64,7 +64,8 @@ pub struct CacheStore {
     /// every lookup, insert and rehash.
     cache: Cache<CacheKey, Arc<CachedResponse>, RandomState>,
     /// Exact-bytes digest ([`super::KeyHasher::exact`]) to cache key, for requests that hit
-    /// at least once: a hit then costs one hash of the body as sent instead of a JSON parse.
+    /// at least once or came with `no-cache`: a repeat then costs one hash of the body as sent
+    /// instead of a JSON parse.
     /// A stale alias is harmless (the key of a request never changes), so it only needs a
     /// bound: 1/32 of the cache's bytes, taken from the entries' share.
     aliases: Arc<IndexCache<CacheKey, CacheKey, UnitWeighter, RandomState>>,
@@ -124,7 +125,8 @@ impl CacheStore {
         self.cache.get(key)
     }
 
-    /// The cache key remembered for these exact request bytes, if they hit before.
+    /// The cache key remembered for these exact request bytes, if they hit before or came
+    /// with `no-cache`.
     pub fn alias(&self, exact: &CacheKey) -> Option<CacheKey> {
         self.aliases.get(exact)
     }

@@ -68,13 +68,19 @@ pub async fn forward(req: HttpRequest, payload: web::Payload) -> Result<HttpResp
     };
 
     let body = read_limited(&req, payload, &state.config).await?;
-    // A request whose exact bytes hit before skips the JSON parse: its key is remembered.
+    // A request whose exact bytes hit before (or came with `no-cache`) skips the JSON parse:
+    // its key is remembered.
     let hasher = KeyHasher::new(req.method().as_str(), path_and_query, req.headers());
     let exact = hasher.exact(&body);
     let (key, remembered) = match state.cache.alias(&exact) {
         Some(key) => (key, true),
         None => (hasher.canonical(&body), false),
     };
+    // A `no-cache` request never hits, yet it refreshes an entry its client asks for again:
+    // remembered now, a repeat skips the JSON parse too.
+    if !directives.lookup && !remembered {
+        state.cache.remember_alias(exact, key);
+    }
     let mut forward = if directives.lookup {
         Forward::Miss
     } else {

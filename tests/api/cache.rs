@@ -518,6 +518,37 @@ async fn repeated_bytes_hit_through_the_alias_index_without_crossing_callers() {
     assert_eq!(send("sk-a", spaced).await.0, "MISS");
 }
 
+/// A `no-cache` request never hits, so its bytes are remembered when it is forwarded: a repeat
+/// skips the JSON parse, and a plain request with the same bytes hits through the alias.
+#[tokio::test]
+async fn a_no_cache_request_remembers_its_bytes() {
+    let app = spawn_app(&[]).await;
+    app.answer_posts().await;
+    let body = r#"{ "temperature": 0, "model": "gpt-4o-mini" }"#;
+    let refresh = || {
+        app.client
+            .post(app.url("/v1/chat/completions"))
+            .bearer_auth("sk-a")
+            .header("content-type", "application/json")
+            .header("cache-control", "no-cache")
+            .body(body)
+            .send()
+    };
+
+    assert_eq!(x_cache(&refresh().await.unwrap()), "MISS");
+    assert_eq!(app.stats(None).await["cache"]["alias_count"], 1);
+    assert_eq!(x_cache(&refresh().await.unwrap()), "MISS");
+    assert_eq!(app.stats(None).await["cache"]["alias_count"], 1);
+    assert_eq!(app.upstream_calls().await, 2);
+    let plain = app.post_json("/v1/chat/completions", "sk-a", body).await;
+    assert_eq!(x_cache(&plain), "HIT");
+    // Its key is the canonical form's: the compact body is the same request.
+    let compact = r#"{"model":"gpt-4o-mini","temperature":0}"#;
+    let compact = app.post_json("/v1/chat/completions", "sk-a", compact).await;
+    assert_eq!(x_cache(&compact), "HIT");
+    assert_eq!(app.upstream_calls().await, 2);
+}
+
 /// The alias index is bounded by its share of MAX_CACHE_SIZE (1/32, at 256 bytes an alias:
 /// 128 for 1 MiB), however many distinct requests hit, and what it holds still answers.
 #[tokio::test]
