@@ -6,8 +6,9 @@
 //!
 //! With `CACHE_MB` set it is STACK-CACHE: the same plus the least a cache on this stack does,
 //! with the proxy's cache crate set up as the proxy sets it up (moka's sync cache, LRU, bounded
-//! in bytes, a TTL, foldhash): the proxy's own exact-bytes key (`KeyHasher::exact`: SHA-256
-//! over the method, the URI, its key headers and the body as sent), a lookup unless the
+//! in bytes, foldhash), except for one TTL for all entries and no eviction listener: the
+//! proxy's own exact-bytes key (`KeyHasher::exact`: SHA-256 over the method, the URI, its key
+//! headers and the body as sent), a lookup unless the
 //! request says `Cache-Control: no-cache`, and a 200 stored (its body copied out of the
 //! client's read buffer, as the proxy does) before it is answered; `X-Cache: HIT` or `MISS`.
 //! No canonical JSON, coalescing, alias index, eviction counts, token usage, metrics, logging
