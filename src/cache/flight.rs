@@ -57,15 +57,30 @@ struct State {
     end: Option<End>,
     /// Next chunk index of each live reader, by slot; `None` for a slot whose reader left.
     positions: Vec<Option<usize>>,
+    /// The driver waits for a reader to make room (`Flight::room_to_read`).
+    driver_waits: bool,
+    /// The leader waits for the upstream's answer, not yet reading the flight (counted
+    /// among the flight's clients).
+    leader_waits: bool,
+}
+
+impl State {
+    /// Whether any reader may be waiting for news. Decided under the lock that publishes the
+    /// news: a reader that registers after it is released finds the news when it looks.
+    fn has_readers(&self) -> bool {
+        self.positions.iter().any(Option::is_some)
+    }
 }
 
 /// One upstream call shared by every reader.
 pub struct Flight {
     state: Mutex<State>,
-    /// Bumped whenever the head, a chunk or the end arrives. Readers hold receivers, so
-    /// `closed()` tells the driver that nobody is listening any more.
+    /// Bumped whenever the head, a chunk or the end arrives, if anyone reads the flight: a
+    /// bump wakes through eight locks, and a leader that answers whole has no reader of its
+    /// own. Readers hold receivers, so `closed()` tells the driver that nobody is listening
+    /// any more.
     changed: watch::Sender<u64>,
-    /// Readers advanced or left (wakes a driver waiting for read-ahead room).
+    /// Readers advanced or left while the driver waits for read-ahead room.
     progress: Notify,
 }
 
@@ -74,6 +89,7 @@ impl Flight {
         Arc::new(Self {
             state: Mutex::new(State {
                 recording: true,
+                leader_waits: true,
                 ..State::default()
             }),
             changed: watch::channel(0).0,
@@ -87,14 +103,33 @@ impl Flight {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn bump(&self) {
-        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    /// Wakes every reader waiting for news (`wake`: `State::has_readers`, read under the
+    /// lock that published it).
+    fn bump(&self, wake: bool) {
+        if wake {
+            self.changed.send_modify(|v| *v = v.wrapping_add(1));
+        }
+    }
+
+    /// The leader's reader, for an answer it relays through the flight (from then on the
+    /// leader is counted as a reader, not as waiting).
+    pub fn leader_reader(self: &Arc<Self>) -> Reader {
+        self.add_reader(true)
     }
 
     /// A new reader that starts at the first chunk.
     pub fn reader(self: &Arc<Self>) -> Reader {
+        self.add_reader(false)
+    }
+
+    fn add_reader(self: &Arc<Self>, leader: bool) -> Reader {
+        // Subscribed before it is registered: a publisher that sees it registered (under the
+        // lock) bumps a version it is sure to see.
         let changed = self.changed.subscribe();
         let mut st = self.lock();
+        if leader {
+            st.leader_waits = false;
+        }
         let base = st.base;
         st.positions.push(Some(base));
         let slot = st.positions.len() - 1;
@@ -115,14 +150,18 @@ impl Flight {
 
     /// Publishes the response head.
     pub fn set_head(&self, head: Arc<Head>) {
-        self.lock().head = Some(head);
-        self.bump();
+        let wake = {
+            let mut st = self.lock();
+            st.head = Some(head);
+            st.has_readers()
+        };
+        self.bump(wake);
     }
 
     /// Appends a chunk. Returns false once the body outgrew `record_limit` (nothing more is
     /// recorded from then on).
     pub fn push(&self, chunk: Bytes, record_limit: u64) -> bool {
-        let recording = {
+        let (recording, wake) = {
             let mut st = self.lock();
             st.total += chunk.len() as u64;
             st.held += chunk.len();
@@ -133,9 +172,9 @@ impl Flight {
             if !st.recording {
                 trim(&mut st);
             }
-            st.recording
+            (st.recording, st.has_readers())
         };
-        self.bump();
+        self.bump(wake);
         recording
     }
 
@@ -157,7 +196,7 @@ impl Flight {
     /// Publishes a whole answer at once (its head, all of its body, and how it ended) to
     /// every reader, with one wake-up instead of one for each part.
     pub fn publish_whole(&self, head: Arc<Head>, body: Bytes, end: End) {
-        {
+        let wake = {
             let mut st = self.lock();
             st.head = Some(head);
             if !body.is_empty() {
@@ -169,13 +208,20 @@ impl Flight {
             st.recording = false;
             trim(&mut st);
             st.end.get_or_insert(end);
-        }
-        self.bump();
+            st.leader_waits = false;
+            st.has_readers()
+        };
+        self.bump(wake);
     }
 
     pub fn finish(&self, end: End) {
-        self.lock().end.get_or_insert(end);
-        self.bump();
+        let wake = {
+            let mut st = self.lock();
+            st.end.get_or_insert(end);
+            st.leader_waits = false;
+            st.has_readers()
+        };
+        self.bump(wake);
     }
 
     /// Resolves when every reader has gone.
@@ -187,12 +233,14 @@ impl Flight {
     /// once recording stopped; while recording everything is kept anyway).
     pub async fn room_to_read(&self) {
         loop {
+            // Created before the look: a `notify_waiters` after it wakes this one.
             let notified = self.progress.notified();
             {
-                let st = self.lock();
+                let mut st = self.lock();
                 if st.recording || st.held < READ_AHEAD {
                     return;
                 }
+                st.driver_waits = true;
             }
             notified.await;
         }
@@ -259,8 +307,11 @@ impl Reader {
                     if !st.recording {
                         trim(&mut st);
                     }
+                    let driver_waits = std::mem::take(&mut st.driver_waits);
                     drop(st);
-                    self.flight.progress.notify_waiters();
+                    if driver_waits {
+                        self.flight.progress.notify_waiters();
+                    }
                     return Some(Ok(chunk));
                 }
                 match st.end {
@@ -298,8 +349,11 @@ impl Drop for Reader {
         if !st.recording {
             trim(&mut st);
         }
+        let driver_waits = std::mem::take(&mut st.driver_waits);
         drop(st);
-        self.flight.progress.notify_waiters();
+        if driver_waits {
+            self.flight.progress.notify_waiters();
+        }
     }
 }
 
@@ -313,8 +367,10 @@ pub fn broken_off() -> std::io::Error {
 
 /// What `Flights::join` made of a request.
 pub enum Role {
-    /// No identical request is in flight: call the upstream and drive the flight.
-    Leader(Arc<Flight>, Reader),
+    /// No identical request is in flight: call the upstream and drive the flight. The leader
+    /// takes a reader of its own (`Flight::leader_reader`) only if it relays the answer
+    /// through the flight; one that answers whole hands it to any followers at once.
+    Leader(Arc<Flight>),
     /// An identical request is in flight: read its response.
     Follower(Reader),
 }
@@ -332,15 +388,13 @@ impl Flights {
             Entry::Occupied(e) if e.get().joinable() => Role::Follower(e.get().reader()),
             Entry::Occupied(mut e) => {
                 let flight = Flight::new();
-                let reader = flight.reader();
                 e.insert(flight.clone());
-                Role::Leader(flight, reader)
+                Role::Leader(flight)
             }
             Entry::Vacant(v) => {
                 let flight = Flight::new();
-                let reader = flight.reader();
                 v.insert(flight.clone());
-                Role::Leader(flight, reader)
+                Role::Leader(flight)
             }
         }
     }
@@ -349,9 +403,8 @@ impl Flights {
     /// does not join one that started before it); later identical requests may follow it.
     pub fn lead(&self, key: CacheKey) -> Role {
         let flight = Flight::new();
-        let reader = flight.reader();
         self.map.insert(key, flight.clone());
-        Role::Leader(flight, reader)
+        Role::Leader(flight)
     }
 
     /// Stops new requests from joining `flight` (it ended, or outgrew the entry limit).
@@ -368,7 +421,10 @@ impl Flights {
     pub fn clients(&self) -> usize {
         self.map
             .iter()
-            .map(|f| f.lock().positions.iter().flatten().count())
+            .map(|f| {
+                let st = f.lock();
+                st.positions.iter().flatten().count() + usize::from(st.leader_waits)
+            })
             .sum()
     }
 
@@ -396,9 +452,10 @@ mod tests {
     #[actix_web::test]
     async fn followers_share_the_leaders_response_from_the_first_byte() {
         let flights = Flights::default();
-        let Role::Leader(flight, mut leader) = flights.join(key(1)) else {
+        let Role::Leader(flight) = flights.join(key(1)) else {
             panic!("leader")
         };
+        let mut leader = flight.leader_reader();
         flight.set_head(head());
         flight.push(Bytes::from_static(b"a"), 100);
         // A follower that joins late still gets the whole body.
@@ -424,9 +481,10 @@ mod tests {
     #[actix_web::test]
     async fn past_the_record_limit_nobody_joins_and_read_chunks_are_freed() {
         let flights = Flights::default();
-        let Role::Leader(flight, mut leader) = flights.join(key(2)) else {
+        let Role::Leader(flight) = flights.join(key(2)) else {
             panic!("leader")
         };
+        let mut leader = flight.leader_reader();
         assert!(flight.push(Bytes::from_static(b"12345"), 8));
         assert!(!flight.push(Bytes::from_static(b"67890"), 8));
         assert!(
@@ -446,9 +504,10 @@ mod tests {
     #[actix_web::test]
     async fn a_flight_without_an_answer_tells_followers_to_retry() {
         let flights = Flights::default();
-        let Role::Leader(flight, _leader) = flights.join(key(3)) else {
+        let Role::Leader(flight) = flights.join(key(3)) else {
             panic!("leader")
         };
+        let _leader = flight.leader_reader();
         let Role::Follower(mut follower) = flights.join(key(3)) else {
             panic!("follower")
         };
@@ -459,9 +518,10 @@ mod tests {
     #[actix_web::test]
     async fn a_broken_body_is_an_error_for_readers() {
         let flights = Flights::default();
-        let Role::Leader(flight, mut leader) = flights.join(key(4)) else {
+        let Role::Leader(flight) = flights.join(key(4)) else {
             panic!("leader")
         };
+        let mut leader = flight.leader_reader();
         flight.set_head(head());
         flight.push(Bytes::from_static(b"partial"), 100);
         flight.finish(End::Broken);
@@ -473,9 +533,10 @@ mod tests {
     #[actix_web::test]
     async fn the_driver_learns_when_every_reader_left() {
         let flights = Flights::default();
-        let Role::Leader(flight, leader) = flights.join(key(5)) else {
+        let Role::Leader(flight) = flights.join(key(5)) else {
             panic!("leader")
         };
+        let leader = flight.leader_reader();
         let Role::Follower(follower) = flights.join(key(5)) else {
             panic!("follower")
         };
@@ -484,6 +545,102 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(5), flight.abandoned())
             .await
             .expect("abandonment is noticed");
+    }
+
+    #[actix_web::test]
+    async fn a_follower_waiting_for_the_head_is_woken_by_a_whole_answer() {
+        let flights = Flights::default();
+        let Role::Leader(flight) = flights.join(key(6)) else {
+            panic!("leader")
+        };
+        let Role::Follower(mut follower) = flights.join(key(6)) else {
+            panic!("follower")
+        };
+        let waiting = tokio::spawn(async move {
+            let head = follower.head().await;
+            (
+                head,
+                follower.next_chunk().await,
+                follower.next_chunk().await,
+            )
+        });
+        // The follower is parked on the flight before the answer comes.
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        flights.close(&key(6), &flight);
+        flight.publish_whole(head(), Bytes::from_static(b"whole"), End::Complete);
+        let (head, first, last) = tokio::time::timeout(std::time::Duration::from_secs(5), waiting)
+            .await
+            .expect("the follower is woken")
+            .unwrap();
+        assert_eq!(head.unwrap().status, StatusCode::OK);
+        assert_eq!(first.unwrap().unwrap(), "whole");
+        assert!(last.is_none());
+    }
+
+    #[actix_web::test]
+    async fn the_leader_counts_as_a_client_until_it_reads_or_the_flight_ends() {
+        let flights = Flights::default();
+        let Role::Leader(whole) = flights.join(key(7)) else {
+            panic!("leader")
+        };
+        let Role::Follower(_follower) = flights.join(key(7)) else {
+            panic!("follower")
+        };
+        assert_eq!(flights.clients(), 2, "the waiting leader and its follower");
+        let Role::Leader(relayed) = flights.join(key(8)) else {
+            panic!("leader")
+        };
+        assert_eq!(flights.clients(), 3);
+        let _reader = relayed.leader_reader();
+        assert_eq!(flights.clients(), 3, "a leader that reads is counted once");
+        whole.publish_whole(head(), Bytes::new(), End::Complete);
+        assert_eq!(
+            flights.clients(),
+            2,
+            "the follower, and the relaying leader"
+        );
+    }
+
+    /// Past the entry limit the driver reads ahead of the slowest reader by at most
+    /// `READ_AHEAD` bytes; a reader that moves on, or leaves, lets it read again.
+    #[actix_web::test]
+    async fn the_driver_waits_for_room_until_a_reader_moves_on_or_leaves() {
+        let flights = Flights::default();
+        let Role::Leader(flight) = flights.join(key(10)) else {
+            panic!("leader")
+        };
+        let mut leader = flight.leader_reader();
+        let Role::Follower(follower) = flights.join(key(10)) else {
+            panic!("follower")
+        };
+        flight.set_head(head());
+        assert!(!flight.push(Bytes::from(vec![b'x'; READ_AHEAD]), 0));
+        let within = std::time::Duration::from_secs(5);
+        let mut room = std::pin::pin!(flight.room_to_read());
+        assert!(futures_util::poll!(room.as_mut()).is_pending(), "no room");
+        // The leader moves on; the follower still holds the chunk.
+        assert_eq!(
+            leader.next_chunk().await.unwrap().unwrap().len(),
+            READ_AHEAD
+        );
+        assert!(
+            futures_util::poll!(room.as_mut()).is_pending(),
+            "still no room"
+        );
+        drop(follower);
+        tokio::time::timeout(within, room)
+            .await
+            .expect("the follower leaving wakes the driver");
+
+        assert!(!flight.push(Bytes::from(vec![b'y'; READ_AHEAD]), 0));
+        let mut room = std::pin::pin!(flight.room_to_read());
+        assert!(futures_util::poll!(room.as_mut()).is_pending(), "no room");
+        let reading = tokio::spawn(async move { leader.next_chunk().await.map(|c| c.unwrap()) });
+        tokio::time::timeout(within, room)
+            .await
+            .expect("the leader moving on wakes the driver");
+        assert_eq!(reading.await.unwrap().unwrap().len(), READ_AHEAD);
     }
 
     mod properties {
@@ -501,7 +658,8 @@ mod tests {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
                 rt.block_on(async {
                     let flights = Flights::default();
-                    let Role::Leader(flight, mut leader) = flights.join(key(9)) else { panic!("leader") };
+                    let Role::Leader(flight) = flights.join(key(9)) else { panic!("leader") };
+                    let mut leader = flight.leader_reader();
                     flight.set_head(head());
                     let mut follower = None;
                     for (i, c) in chunks.iter().enumerate() {

@@ -115,7 +115,7 @@ pub async fn forward(req: HttpRequest, payload: web::Payload) -> Result<HttpResp
             state.flights.lead(key)
         };
         match role {
-            Role::Leader(flight, reader) => {
+            Role::Leader(flight) => {
                 let mut lock = None;
                 if directives.lookup && !retried && state.shared.is_some() {
                     match Box::pin(sibling::wait_or_lock(key, &body, &flight, state)).await {
@@ -130,9 +130,7 @@ pub async fn forward(req: HttpRequest, payload: web::Payload) -> Result<HttpResp
                 let upstream = build_upstream_request(client(), &req, url()?);
                 // Boxed: the call's state (1.8 KB) would otherwise be part of this handler's
                 // future, which actix moves into a box of its own on every request, hits too.
-                let lead = lead(
-                    &req, upstream, body, flight, reader, key, forward, lock, state,
-                );
+                let lead = lead(&req, upstream, body, flight, key, forward, lock, state);
                 return Box::pin(lead).await;
             }
             Role::Follower(mut reader) => match reader.head().await {
@@ -164,7 +162,6 @@ async fn lead(
     upstream: awc::ClientRequest,
     body: Bytes,
     flight: Arc<Flight>,
-    reader: Reader,
     key: CacheKey,
     forward: Forward,
     lock: Option<LockGuard>,
@@ -195,7 +192,6 @@ async fn lead(
     let mut out = respond(req, &head, CacheStatus::Miss, forward, storable, key);
     upstream_took(req, took);
     if let Some(len) = fill::whole_length(&head).filter(|_| has_body(head.status)) {
-        drop(reader);
         let idle = state.config.upstream_idle_timeout;
         let body = fill::read_whole(&mut res, len, idle).await;
         drop(res);
@@ -217,6 +213,8 @@ async fn lead(
             }
         });
     }
+    // Taken before the head is out, so the driver sees a reader until this one is done.
+    let reader = flight.leader_reader();
     flight.set_head(Arc::clone(&head));
     actix_web::rt::spawn(fill::drive(
         flight,
