@@ -14,7 +14,9 @@
 # counts the same HITs answered by that forwarder with its cache (STACK-CACHE: key, lookup,
 # stored bytes out), the least a HIT costs on this stack; CALLGRIND_MODE=stack-cache-miss counts
 # the MISS requests through that forwarder with a 1 MB cache (key, lookup, upstream call, store
-# and eviction), the least a MISS costs on this stack.
+# and eviction), the least a MISS costs on this stack; CALLGRIND_MODE=stack-cache-forward counts
+# the no-cache requests through that forwarder with its cache (key, upstream call, store), the
+# least a FORWARD costs on this stack.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${HIT_REQUESTS:-2000}
@@ -27,7 +29,8 @@ case "$MODE" in
   stack) extra=(no-cache) ;;
   stack-cache) extra=() ;;
   stack-cache-miss) extra=(unique) ;;
-  *) echo "CALLGRIND_MODE must be hit, forward, miss, ceiling, stack, stack-cache or stack-cache-miss, got '$MODE'" >&2; exit 2 ;;
+  stack-cache-forward) extra=(no-cache) ;;
+  *) echo "CALLGRIND_MODE must be hit, forward, miss, ceiling, stack, stack-cache, stack-cache-miss or stack-cache-forward, got '$MODE'" >&2; exit 2 ;;
 esac
 command -v valgrind >/dev/null || { echo "valgrind not found: apt-get install valgrind" >&2; exit 1; }
 export CARGO_TARGET_DIR=target/callgrind
@@ -52,6 +55,7 @@ run() {
   local cache_mb=()
   [ "$MODE" = stack-cache ] && target=$bin/examples/bench-forwarder && cache_mb=(CACHE_MB=64)
   [ "$MODE" = stack-cache-miss ] && target=$bin/examples/bench-forwarder && cache_mb=(CACHE_MB=1)
+  [ "$MODE" = stack-cache-forward ] && target=$bin/examples/bench-forwarder && cache_mb=(CACHE_MB=64)
   local size=100
   [ "$MODE" = miss ] && size=1
   env -i PORT="$px" MAX_CACHE_SIZE="$size" HOST=127.0.0.1 OPENAI_API_URL="http://127.0.0.1:$up" UPSTREAM="http://127.0.0.1:$up" RATE_LIMIT=0 RUST_LOG=warn \
