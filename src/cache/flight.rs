@@ -441,6 +441,22 @@ mod tests {
         CacheKey::compute("GET", &format!("/v1/{n}"), &HeaderMap::new(), b"")
     }
 
+    /// Joins `key`'s flight, which must be new: its leader's flight.
+    fn lead(flights: &Flights, key: CacheKey) -> Arc<Flight> {
+        match flights.join(key) {
+            Role::Leader(flight) => flight,
+            Role::Follower(_) => panic!("expected to lead"),
+        }
+    }
+
+    /// Joins `key`'s flight, which must be in progress: a follower's reader.
+    fn follow(flights: &Flights, key: CacheKey) -> Reader {
+        match flights.join(key) {
+            Role::Follower(reader) => reader,
+            Role::Leader(_) => panic!("expected to follow"),
+        }
+    }
+
     fn head() -> Arc<Head> {
         Arc::new(Head {
             status: StatusCode::OK,
@@ -452,16 +468,12 @@ mod tests {
     #[actix_web::test]
     async fn followers_share_the_leaders_response_from_the_first_byte() {
         let flights = Flights::default();
-        let Role::Leader(flight) = flights.join(key(1)) else {
-            panic!("leader")
-        };
+        let flight = lead(&flights, key(1));
         let mut leader = flight.leader_reader();
         flight.set_head(head());
         flight.push(Bytes::from_static(b"a"), 100);
         // A follower that joins late still gets the whole body.
-        let Role::Follower(mut follower) = flights.join(key(1)) else {
-            panic!("follower")
-        };
+        let mut follower = follow(&flights, key(1));
         flight.push(Bytes::from_static(b"b"), 100);
         flight.finish(End::Complete);
         for r in [&mut leader, &mut follower] {
@@ -481,9 +493,7 @@ mod tests {
     #[actix_web::test]
     async fn past_the_record_limit_nobody_joins_and_read_chunks_are_freed() {
         let flights = Flights::default();
-        let Role::Leader(flight) = flights.join(key(2)) else {
-            panic!("leader")
-        };
+        let flight = lead(&flights, key(2));
         let mut leader = flight.leader_reader();
         assert!(flight.push(Bytes::from_static(b"12345"), 8));
         assert!(!flight.push(Bytes::from_static(b"67890"), 8));
@@ -504,13 +514,9 @@ mod tests {
     #[actix_web::test]
     async fn a_flight_without_an_answer_tells_followers_to_retry() {
         let flights = Flights::default();
-        let Role::Leader(flight) = flights.join(key(3)) else {
-            panic!("leader")
-        };
+        let flight = lead(&flights, key(3));
         let _leader = flight.leader_reader();
-        let Role::Follower(mut follower) = flights.join(key(3)) else {
-            panic!("follower")
-        };
+        let mut follower = follow(&flights, key(3));
         flight.finish(End::NoResponse);
         assert_eq!(follower.head().await.unwrap_err(), End::NoResponse);
     }
@@ -518,9 +524,7 @@ mod tests {
     #[actix_web::test]
     async fn a_broken_body_is_an_error_for_readers() {
         let flights = Flights::default();
-        let Role::Leader(flight) = flights.join(key(4)) else {
-            panic!("leader")
-        };
+        let flight = lead(&flights, key(4));
         let mut leader = flight.leader_reader();
         flight.set_head(head());
         flight.push(Bytes::from_static(b"partial"), 100);
@@ -533,13 +537,9 @@ mod tests {
     #[actix_web::test]
     async fn the_driver_learns_when_every_reader_left() {
         let flights = Flights::default();
-        let Role::Leader(flight) = flights.join(key(5)) else {
-            panic!("leader")
-        };
+        let flight = lead(&flights, key(5));
         let leader = flight.leader_reader();
-        let Role::Follower(follower) = flights.join(key(5)) else {
-            panic!("follower")
-        };
+        let follower = follow(&flights, key(5));
         drop(leader);
         drop(follower);
         tokio::time::timeout(std::time::Duration::from_secs(5), flight.abandoned())
@@ -550,12 +550,8 @@ mod tests {
     #[actix_web::test]
     async fn a_follower_waiting_for_the_head_is_woken_by_a_whole_answer() {
         let flights = Flights::default();
-        let Role::Leader(flight) = flights.join(key(6)) else {
-            panic!("leader")
-        };
-        let Role::Follower(mut follower) = flights.join(key(6)) else {
-            panic!("follower")
-        };
+        let flight = lead(&flights, key(6));
+        let mut follower = follow(&flights, key(6));
         let waiting = tokio::spawn(async move {
             let head = follower.head().await;
             (
@@ -581,16 +577,10 @@ mod tests {
     #[actix_web::test]
     async fn the_leader_counts_as_a_client_until_it_reads_or_the_flight_ends() {
         let flights = Flights::default();
-        let Role::Leader(whole) = flights.join(key(7)) else {
-            panic!("leader")
-        };
-        let Role::Follower(_follower) = flights.join(key(7)) else {
-            panic!("follower")
-        };
+        let whole = lead(&flights, key(7));
+        let _follower = follow(&flights, key(7));
         assert_eq!(flights.clients(), 2, "the waiting leader and its follower");
-        let Role::Leader(relayed) = flights.join(key(8)) else {
-            panic!("leader")
-        };
+        let relayed = lead(&flights, key(8));
         assert_eq!(flights.clients(), 3);
         let _reader = relayed.leader_reader();
         assert_eq!(flights.clients(), 3, "a leader that reads is counted once");
@@ -607,13 +597,9 @@ mod tests {
     #[actix_web::test]
     async fn the_driver_waits_for_room_until_a_reader_moves_on_or_leaves() {
         let flights = Flights::default();
-        let Role::Leader(flight) = flights.join(key(10)) else {
-            panic!("leader")
-        };
+        let flight = lead(&flights, key(10));
         let mut leader = flight.leader_reader();
-        let Role::Follower(follower) = flights.join(key(10)) else {
-            panic!("follower")
-        };
+        let follower = follow(&flights, key(10));
         flight.set_head(head());
         assert!(!flight.push(Bytes::from(vec![b'x'; READ_AHEAD]), 0));
         let within = std::time::Duration::from_secs(5);
@@ -658,7 +644,7 @@ mod tests {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
                 rt.block_on(async {
                     let flights = Flights::default();
-                    let Role::Leader(flight) = flights.join(key(9)) else { panic!("leader") };
+                    let flight = lead(&flights, key(9));
                     let mut leader = flight.leader_reader();
                     flight.set_head(head());
                     let mut follower = None;
