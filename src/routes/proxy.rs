@@ -116,10 +116,16 @@ pub async fn forward(req: HttpRequest, payload: web::Payload) -> Result<HttpResp
         };
         match role {
             Role::Leader(flight) => {
+                // Armed from here: returning early, or being dropped while Redis is asked (a
+                // client that resets its connection cancels this handler), ends the flight, or
+                // its followers and every identical request after them would wait for an
+                // answer nobody fetches.
+                let unanswered = Unanswered::new(state, key, flight);
                 let mut lock = None;
                 if directives.lookup && !retried && state.shared.is_some() {
-                    match Box::pin(sibling::wait_or_lock(key, &body, &flight, state)).await {
+                    match Box::pin(sibling::wait_or_lock(key, &body, state)).await {
                         Sibling::Answered(hit) => {
+                            // `unanswered` ends the flight: its followers retry and hit L1.
                             state.cache.remember_alias(exact, key);
                             return Ok(replay(&req, &hit, key, state));
                         }
@@ -130,7 +136,7 @@ pub async fn forward(req: HttpRequest, payload: web::Payload) -> Result<HttpResp
                 let upstream = build_upstream_request(client(), &req, url()?);
                 // Boxed: the call's state (1.8 KB) would otherwise be part of this handler's
                 // future, which actix moves into a box of its own on every request, hits too.
-                let lead = lead(&req, upstream, body, flight, key, forward, lock, state);
+                let lead = lead(&req, upstream, body, unanswered, key, forward, lock, state);
                 return Box::pin(lead).await;
             }
             Role::Follower(mut reader) => match reader.head().await {
@@ -161,19 +167,15 @@ async fn lead(
     req: &HttpRequest,
     upstream: awc::ClientRequest,
     body: Bytes,
-    flight: Arc<Flight>,
+    // Until the driver takes over, failing or being dropped (the client went away) must
+    // release the followers, or they would wait for a head that never comes.
+    mut unanswered: Unanswered<'_>,
     key: CacheKey,
     forward: Forward,
     lock: Option<LockGuard>,
     state: &web::Data<AppState>,
 ) -> Result<HttpResponse, ProxyError> {
-    // Until the driver takes over, failing or being dropped (the client went away) must
-    // release the followers, or they would wait for a head that never comes.
-    let mut unanswered = Unanswered {
-        state,
-        key,
-        flight: Some(flight.clone()),
-    };
+    let flight = Arc::clone(unanswered.flight());
     let started = Instant::now();
     let mut res = upstream
         .send_body(body)
@@ -196,7 +198,7 @@ async fn lead(
         let body = fill::read_whole(&mut res, len, idle).await;
         drop(res);
         fill::settle(&flight, key, storable.is_ok(), &head, &body, state).await;
-        unanswered.flight = None;
+        unanswered.answered();
         return Ok(match body {
             Ok(body) => out.body(body),
             // What arrived, then the break: the client sees the head and the body end short,
@@ -225,15 +227,35 @@ async fn lead(
         state.clone(),
         lock,
     ));
-    unanswered.flight = None;
+    unanswered.answered();
     Ok(with_body(out, &head, reader))
 }
 
-/// Ends a flight as `NoResponse` when dropped while still armed.
-pub(super) struct Unanswered<'a> {
-    pub(super) state: &'a AppState,
-    pub(super) key: CacheKey,
-    pub(super) flight: Option<Arc<Flight>>,
+/// A leader's flight, ended as `NoResponse` (its followers retry on their own) when dropped
+/// before [`Unanswered::answered`].
+struct Unanswered<'a> {
+    state: &'a AppState,
+    key: CacheKey,
+    flight: Option<Arc<Flight>>,
+}
+
+impl<'a> Unanswered<'a> {
+    fn new(state: &'a AppState, key: CacheKey, flight: Arc<Flight>) -> Self {
+        Self {
+            state,
+            key,
+            flight: Some(flight),
+        }
+    }
+
+    fn flight(&self) -> &Arc<Flight> {
+        self.flight.as_ref().expect("armed until answered")
+    }
+
+    /// The flight is answered (or handed to its driver): dropping this no longer ends it.
+    fn answered(&mut self) {
+        self.flight = None;
+    }
 }
 
 impl Drop for Unanswered<'_> {

@@ -6,8 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::Deserialize;
 
-use super::proxy::Unanswered;
-use crate::cache::{CacheKey, CachedResponse, Flight};
+use crate::cache::{CacheKey, CachedResponse};
 use crate::shared::{Claim, LockGuard};
 use crate::startup::AppState;
 
@@ -22,14 +21,9 @@ pub enum Sibling {
 }
 
 /// Claims `key` for this instance's flight, or waits for the sibling that holds it. While
-/// waiting, this instance's own followers of `flight` wait too; when the answer comes the
-/// flight ends unanswered and they find it in L1.
-pub async fn wait_or_lock(
-    key: CacheKey,
-    body: &Bytes,
-    flight: &Arc<Flight>,
-    state: &AppState,
-) -> Sibling {
+/// waiting, this instance's own followers of the flight wait too; when the answer comes the
+/// leader ends the flight unanswered and they find it in L1.
+pub async fn wait_or_lock(key: CacheKey, body: &Bytes, state: &AppState) -> Sibling {
     let (Some(tier), Some(redis)) = (&state.shared, &state.config.redis) else {
         return Sibling::Alone;
     };
@@ -40,20 +34,10 @@ pub async fn wait_or_lock(
     match tier.claim(key, redis.coalesce_wait).await {
         Claim::Ours(guard) => Sibling::Locked(guard),
         Claim::Unknown => Sibling::Alone,
-        Claim::Sibling => {
-            let mut unanswered = Unanswered {
-                state,
-                key,
-                flight: Some(flight.clone()),
-            };
-            match tier.await_sibling(key, redis.coalesce_wait).await {
-                Some(entry) => Sibling::Answered(state.cache.fill(key, entry)),
-                None => {
-                    unanswered.flight = None;
-                    Sibling::Alone
-                }
-            }
-        }
+        Claim::Sibling => match tier.await_sibling(key, redis.coalesce_wait).await {
+            Some(entry) => Sibling::Answered(state.cache.fill(key, entry)),
+            None => Sibling::Alone,
+        },
     }
 }
 

@@ -71,3 +71,51 @@ async fn silent_redis(handshake: bool) {
         }
     }
 }
+
+/// A client that resets its connection while its miss waits for Redis to grant the
+/// cross-instance claim must not leave that miss's flight behind: the next identical request
+/// would join it and wait for an answer nobody fetches.
+#[tokio::test]
+async fn a_client_that_leaves_while_its_miss_claims_the_key_leaves_no_flight_behind() {
+    use tokio::io::AsyncWriteExt;
+    // Connects, answers PING and finds no entry; never answers the claim (`SET ... NX`).
+    let redis = SilentRedis::answering(|name| match name {
+        "CLIENT" => Some(b"+OK\r\n"),
+        "PING" => Some(b"+PONG\r\n"),
+        "GET" => Some(b"$-1\r\n"),
+        _ => None,
+    })
+    .await;
+    let url = redis.url();
+    let upstream = upstream().await;
+    let proxy =
+        Instance::start_with(&upstream, &[("REDIS_URL", &url), ("REDIS_TIMEOUT", "1s")]).await;
+
+    let host = proxy.base.trim_start_matches("http://").to_owned();
+    let mut leaver = tokio::net::TcpStream::connect(&host).await.unwrap();
+    // The headers of the key as `Instance::post` sends them: the same request, the same key.
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Authorization: Bearer sk-shared\r\nAccept: */*\r\nContent-Length: {}\r\n\r\n{CHAT_BODY}",
+        CHAT_BODY.len()
+    );
+    leaver.write_all(request.as_bytes()).await.unwrap();
+    eventually(Duration::from_secs(10), "the claim", || async {
+        redis.unanswered().iter().any(|c| c == "SET").then_some(())
+    })
+    .await;
+    assert_eq!(proxy.stats().await["cache"]["in_flight"], 1);
+    // Gone with a reset while the claim is pending.
+    leaver.set_zero_linger().unwrap();
+    drop(leaver);
+
+    let next = tokio::time::timeout(Duration::from_secs(10), proxy.post(CHAT_BODY))
+        .await
+        .expect("the next identical request is answered, not left on an abandoned flight");
+    assert_eq!(next, (200, "MISS".into(), CHAT_ANSWER.into()));
+    // The leaver's handler was cancelled before it went upstream: the one call is the next's.
+    assert_eq!(calls(&upstream).await, 1);
+    let stats = proxy.stats().await;
+    assert_eq!(stats["cache"]["in_flight"], 0, "{stats}");
+    assert_eq!(stats["cache"]["in_flight_clients"], 0, "{stats}");
+}

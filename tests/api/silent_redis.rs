@@ -1,6 +1,7 @@
 //! A "Redis" that accepts connections and never answers a command: either nothing at all, or
 //! nothing but the connection handshake (redis-rs's `CLIENT SETINFO`), so that the proxy
-//! connects and then every real call has to be given up after REDIS_TIMEOUT.
+//! connects and then every real call has to be given up after REDIS_TIMEOUT; or nothing but
+//! the commands a test chooses to answer.
 
 use std::sync::{Arc, Mutex};
 
@@ -16,6 +17,17 @@ pub struct SilentRedis {
 impl SilentRedis {
     /// With `handshake`, `CLIENT ...` commands get `+OK` so that connections open.
     pub async fn start(handshake: bool) -> Self {
+        let handshake: fn(&str) -> Option<&'static [u8]> = if handshake {
+            |name| (name == "CLIENT").then_some(b"+OK\r\n")
+        } else {
+            |_| None
+        };
+        Self::answering(handshake).await
+    }
+
+    /// Answers a command with `reply(name)` when that is `Some`, and never otherwise. Replies
+    /// come in order, so once a connection has a command left unanswered it gets no more.
+    pub async fn answering(reply: fn(&str) -> Option<&'static [u8]>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().unwrap().port();
         let unanswered = Arc::new(Mutex::new(Vec::new()));
@@ -26,6 +38,7 @@ impl SilentRedis {
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
                     let mut chunk = [0u8; 4096];
+                    let mut stuck = false;
                     while let Ok(n) = socket.read(&mut chunk).await {
                         if n == 0 {
                             return;
@@ -33,12 +46,16 @@ impl SilentRedis {
                         buf.extend_from_slice(&chunk[..n]);
                         while let Some((name, used)) = command(&buf) {
                             buf.drain(..used);
-                            if handshake && name == "CLIENT" {
-                                if socket.write_all(b"+OK\r\n").await.is_err() {
-                                    return;
+                            match reply(&name).filter(|_| !stuck) {
+                                Some(answer) => {
+                                    if socket.write_all(answer).await.is_err() {
+                                        return;
+                                    }
                                 }
-                            } else {
-                                seen.lock().unwrap().push(name);
+                                None => {
+                                    stuck = true;
+                                    seen.lock().unwrap().push(name);
+                                }
                             }
                         }
                     }
