@@ -137,11 +137,11 @@ impl CacheStore {
     }
 
     /// Stores `value` unless it is larger than the per-entry limit. Returns whether it did.
-    pub fn insert(&self, key: CacheKey, value: CachedResponse) -> bool {
+    pub fn insert(&self, key: CacheKey, value: Arc<CachedResponse>) -> bool {
         if value.weight() > self.max_entry_bytes {
             return false;
         }
-        self.cache.insert(key, Arc::new(value));
+        self.cache.insert(key, value);
         bump(&self.metrics.stores);
         true
     }

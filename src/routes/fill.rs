@@ -196,13 +196,16 @@ async fn store(state: &AppState, key: CacheKey, head: &Head, body: Bytes, tokens
             (name.clone(), value)
         })
         .collect();
-    let entry = CachedResponse::new(head.status, headers, body, tokens);
-    // The shared tier first (bounded by REDIS_TIMEOUT): a sibling asked right after this
-    // answer ends finds it there.
+    let entry = Arc::new(CachedResponse::new(head.status, headers, body, tokens));
+    // This instance's cache first: a leader's client that resets its connection while the
+    // shared tier is written cancels this (with the handler), and the answer must not go with
+    // it; the leader's followers then retry and hit.
+    let stored = state.cache.insert(key, Arc::clone(&entry));
+    // Then the shared tier (bounded by REDIS_TIMEOUT), before anyone is answered: a sibling
+    // asked right after this answer ends finds it there.
     if let Some(tier) = &state.shared
-        && entry.weight() <= state.cache.max_entry_bytes()
+        && stored
     {
         tier.put(key, &entry, state.config.cache_ttl).await;
     }
-    state.cache.insert(key, entry);
 }

@@ -77,9 +77,8 @@ async fn silent_redis(handshake: bool) {
 /// would join it and wait for an answer nobody fetches.
 #[tokio::test]
 async fn a_client_that_leaves_while_its_miss_claims_the_key_leaves_no_flight_behind() {
-    use tokio::io::AsyncWriteExt;
     // Connects, answers PING and finds no entry; never answers the claim (`SET ... NX`).
-    let redis = SilentRedis::answering(|name| match name {
+    let redis = SilentRedis::answering(|command| match command[0].as_str() {
         "CLIENT" => Some(b"+OK\r\n"),
         "PING" => Some(b"+PONG\r\n"),
         "GET" => Some(b"$-1\r\n"),
@@ -91,19 +90,7 @@ async fn a_client_that_leaves_while_its_miss_claims_the_key_leaves_no_flight_beh
     let proxy =
         Instance::start_with(&upstream, &[("REDIS_URL", &url), ("REDIS_TIMEOUT", "1s")]).await;
 
-    let host = proxy.base.trim_start_matches("http://").to_owned();
-    let mut leaver = tokio::net::TcpStream::connect(&host).await.unwrap();
-    // The headers of the key as `Instance::post` sends them: the same request, the same key.
-    let request = format!(
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
-         Authorization: Bearer sk-shared\r\nAccept: */*\r\nContent-Length: {}\r\n\r\n{CHAT_BODY}",
-        CHAT_BODY.len()
-    );
-    leaver.write_all(request.as_bytes()).await.unwrap();
-    eventually(Duration::from_secs(10), "the claim", || async {
-        redis.unanswered().iter().any(|c| c == "SET").then_some(())
-    })
-    .await;
+    let leaver = send_and_wait(&proxy, || redis.unanswered().iter().any(|c| c == "SET")).await;
     assert_eq!(proxy.stats().await["cache"]["in_flight"], 1);
     // Gone with a reset while the claim is pending.
     leaver.set_zero_linger().unwrap();
@@ -118,4 +105,56 @@ async fn a_client_that_leaves_while_its_miss_claims_the_key_leaves_no_flight_beh
     let stats = proxy.stats().await;
     assert_eq!(stats["cache"]["in_flight"], 0, "{stats}");
     assert_eq!(stats["cache"]["in_flight_clients"], 0, "{stats}");
+}
+
+/// An answer that came whole is this instance's before the shared tier is written: a client
+/// that resets its connection while that write is pending does not take the answer with it,
+/// and the next identical request is a HIT, not a second upstream call.
+#[tokio::test]
+async fn a_client_that_leaves_while_its_answer_is_written_to_redis_leaves_it_stored() {
+    // Grants the claim (`SET ... NX`), finds no entry; never answers the store (a plain SET).
+    let redis = SilentRedis::answering(|command| match command[0].as_str() {
+        "CLIENT" => Some(b"+OK\r\n"),
+        "PING" => Some(b"+PONG\r\n"),
+        "GET" => Some(b"$-1\r\n"),
+        "SET" if command.iter().any(|a| a.eq_ignore_ascii_case("NX")) => Some(b"+OK\r\n"),
+        _ => None,
+    })
+    .await;
+    let url = redis.url();
+    let upstream = upstream().await;
+    let proxy =
+        Instance::start_with(&upstream, &[("REDIS_URL", &url), ("REDIS_TIMEOUT", "2s")]).await;
+
+    let leaver = send_and_wait(&proxy, || redis.unanswered().iter().any(|c| c == "SET")).await;
+    assert_eq!(calls(&upstream).await, 1);
+    leaver.set_zero_linger().unwrap();
+    drop(leaver);
+
+    let next = tokio::time::timeout(Duration::from_secs(20), proxy.post(CHAT_BODY))
+        .await
+        .expect("the next identical request is answered");
+    assert_eq!(next, (200, "HIT".into(), CHAT_ANSWER.into()));
+    assert_eq!(calls(&upstream).await, 1);
+}
+
+/// Sends `CHAT_BODY` as `Instance::post` would (the same headers of the key, so the same
+/// key) on a connection of its own, and returns that connection, unread, once `until` holds.
+async fn send_and_wait(proxy: &Instance, until: impl Fn() -> bool) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let host = proxy.base.trim_start_matches("http://").to_owned();
+    let mut sock = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
+         Authorization: Bearer sk-shared\r\nAccept: */*\r\nContent-Length: {}\r\n\r\n{CHAT_BODY}",
+        CHAT_BODY.len()
+    );
+    sock.write_all(request.as_bytes()).await.unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the awaited Redis command",
+        || async { until().then_some(()) },
+    )
+    .await;
+    sock
 }

@@ -8,6 +8,9 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+/// What a command (its arguments, the name first and upper-cased) is answered with, if at all.
+pub type Reply = fn(&[String]) -> Option<&'static [u8]>;
+
 pub struct SilentRedis {
     pub port: u16,
     /// Names of the commands received and never answered, in order.
@@ -17,17 +20,18 @@ pub struct SilentRedis {
 impl SilentRedis {
     /// With `handshake`, `CLIENT ...` commands get `+OK` so that connections open.
     pub async fn start(handshake: bool) -> Self {
-        let handshake: fn(&str) -> Option<&'static [u8]> = if handshake {
-            |name| (name == "CLIENT").then_some(b"+OK\r\n")
+        let handshake: Reply = if handshake {
+            |command| (command[0] == "CLIENT").then_some(b"+OK\r\n")
         } else {
             |_| None
         };
         Self::answering(handshake).await
     }
 
-    /// Answers a command with `reply(name)` when that is `Some`, and never otherwise. Replies
-    /// come in order, so once a connection has a command left unanswered it gets no more.
-    pub async fn answering(reply: fn(&str) -> Option<&'static [u8]>) -> Self {
+    /// Answers a command with `reply(command)` when that is `Some`, and never otherwise.
+    /// Replies come in order, so once a connection has a command left unanswered it gets no
+    /// more.
+    pub async fn answering(reply: Reply) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().unwrap().port();
         let unanswered = Arc::new(Mutex::new(Vec::new()));
@@ -44,9 +48,9 @@ impl SilentRedis {
                             return;
                         }
                         buf.extend_from_slice(&chunk[..n]);
-                        while let Some((name, used)) = command(&buf) {
+                        while let Some((args, used)) = command(&buf) {
                             buf.drain(..used);
-                            match reply(&name).filter(|_| !stuck) {
+                            match reply(&args).filter(|_| !stuck) {
                                 Some(answer) => {
                                     if socket.write_all(answer).await.is_err() {
                                         return;
@@ -54,7 +58,7 @@ impl SilentRedis {
                                 }
                                 None => {
                                     stuck = true;
-                                    seen.lock().unwrap().push(name);
+                                    seen.lock().unwrap().push(args[0].clone());
                                 }
                             }
                         }
@@ -74,9 +78,9 @@ impl SilentRedis {
     }
 }
 
-/// The first complete command in `buf` (a RESP array of bulk strings): its upper-cased name
-/// and the bytes it takes.
-fn command(buf: &[u8]) -> Option<(String, usize)> {
+/// The first complete command in `buf` (a RESP array of bulk strings): its arguments, the
+/// first (the command's name) upper-cased, and the bytes it takes.
+fn command(buf: &[u8]) -> Option<(Vec<String>, usize)> {
     let mut at = 0;
     let line = |at: &mut usize| -> Option<&[u8]> {
         let end = buf[*at..].windows(2).position(|w| w == b"\r\n")? + *at;
@@ -88,7 +92,7 @@ fn command(buf: &[u8]) -> Option<(String, usize)> {
         .ok()?
         .parse()
         .ok()?;
-    let mut name = None;
+    let mut args = Vec::with_capacity(count);
     for _ in 0..count {
         let len: usize = std::str::from_utf8(line(&mut at)?.strip_prefix(b"$")?)
             .ok()?
@@ -98,8 +102,13 @@ fn command(buf: &[u8]) -> Option<(String, usize)> {
             return None;
         }
         let arg = &buf[at..at + len];
-        name.get_or_insert_with(|| String::from_utf8_lossy(arg).to_uppercase());
+        let arg = String::from_utf8_lossy(arg);
+        args.push(if args.is_empty() {
+            arg.to_uppercase()
+        } else {
+            arg.into_owned()
+        });
         at += len + 2;
     }
-    Some((name?, at))
+    (!args.is_empty()).then_some((args, at))
 }

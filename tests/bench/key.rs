@@ -79,7 +79,7 @@ fn hit_lookup(c: &mut Criterion) {
             Bytes::from_static(&[b'x'; 1400]),
             Tokens::Known(None),
         );
-        store.insert(*k, entry);
+        store.insert(*k, Arc::new(entry));
     }
     let mut i = 0;
     c.bench_function("hit_lookup_10k_entries", |b| {
