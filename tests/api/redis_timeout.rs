@@ -1,10 +1,12 @@
 //! REDIS_TIMEOUT: a Redis that takes connections but never answers costs each request at most
-//! that long, and the proxy answers as it would without Redis (L1, upstream, local limiter).
+//! that long, and the proxy answers as it would without Redis (L1, upstream, local limiter);
+//! and a client that leaves while Redis keeps its request waiting takes nothing with it.
 
 use crate::helpers::{CHAT_ANSWER, CHAT_BODY, eventually};
 use crate::instances::{Instance, calls, upstream};
 use crate::silent_redis::SilentRedis;
 use std::time::Duration;
+use wiremock::MockServer;
 
 #[tokio::test]
 async fn a_redis_that_accepts_connections_and_never_answers_leaves_the_proxy_answering() {
@@ -77,28 +79,15 @@ async fn silent_redis(handshake: bool) {
 /// would join it and wait for an answer nobody fetches.
 #[tokio::test]
 async fn a_client_that_leaves_while_its_miss_claims_the_key_leaves_no_flight_behind() {
-    // Connects, answers PING and finds no entry; never answers the claim (`SET ... NX`).
-    let redis = SilentRedis::answering(|command| match command[0].as_str() {
-        "CLIENT" => Some(b"+OK\r\n"),
-        "PING" => Some(b"+PONG\r\n"),
-        "GET" => Some(b"$-1\r\n"),
-        _ => None,
-    })
-    .await;
-    let url = redis.url();
+    // Never answers the claim (`SET ... NX`).
+    let redis = SilentRedis::answering(finds_nothing).await;
     let upstream = upstream().await;
-    let proxy =
-        Instance::start_with(&upstream, &[("REDIS_URL", &url), ("REDIS_TIMEOUT", "1s")]).await;
+    let proxy = behind(&redis, &upstream, "1s").await;
 
     let leaver = send_and_wait(&proxy, || redis.unanswered().iter().any(|c| c == "SET")).await;
     assert_eq!(proxy.stats().await["cache"]["in_flight"], 1);
-    // Gone with a reset while the claim is pending.
-    leaver.set_zero_linger().unwrap();
-    drop(leaver);
-
-    let next = tokio::time::timeout(Duration::from_secs(10), proxy.post(CHAT_BODY))
-        .await
-        .expect("the next identical request is answered, not left on an abandoned flight");
+    // Gone while the claim is pending; without the fix the next request follows its flight.
+    let next = reset_and_repeat(&proxy, leaver).await;
     assert_eq!(next, (200, "MISS".into(), CHAT_ANSWER.into()));
     // The leaver's handler was cancelled before it went upstream: the one call is the next's.
     assert_eq!(calls(&upstream).await, 1);
@@ -112,30 +101,41 @@ async fn a_client_that_leaves_while_its_miss_claims_the_key_leaves_no_flight_beh
 /// and the next identical request is a HIT, not a second upstream call.
 #[tokio::test]
 async fn a_client_that_leaves_while_its_answer_is_written_to_redis_leaves_it_stored() {
-    // Grants the claim (`SET ... NX`), finds no entry; never answers the store (a plain SET).
-    let redis = SilentRedis::answering(|command| match command[0].as_str() {
-        "CLIENT" => Some(b"+OK\r\n"),
-        "PING" => Some(b"+PONG\r\n"),
-        "GET" => Some(b"$-1\r\n"),
-        "SET" if command.iter().any(|a| a.eq_ignore_ascii_case("NX")) => Some(b"+OK\r\n"),
-        _ => None,
+    // Grants the claim (`SET ... NX`); never answers the store (a plain SET).
+    let redis = SilentRedis::answering(|command| {
+        let claim = command[0] == "SET" && command.iter().any(|a| a.eq_ignore_ascii_case("NX"));
+        if claim {
+            Some(b"+OK\r\n")
+        } else {
+            finds_nothing(command)
+        }
     })
     .await;
-    let url = redis.url();
     let upstream = upstream().await;
-    let proxy =
-        Instance::start_with(&upstream, &[("REDIS_URL", &url), ("REDIS_TIMEOUT", "2s")]).await;
+    let proxy = behind(&redis, &upstream, "2s").await;
 
     let leaver = send_and_wait(&proxy, || redis.unanswered().iter().any(|c| c == "SET")).await;
     assert_eq!(calls(&upstream).await, 1);
-    leaver.set_zero_linger().unwrap();
-    drop(leaver);
-
-    let next = tokio::time::timeout(Duration::from_secs(20), proxy.post(CHAT_BODY))
-        .await
-        .expect("the next identical request is answered");
+    let next = reset_and_repeat(&proxy, leaver).await;
     assert_eq!(next, (200, "HIT".into(), CHAT_ANSWER.into()));
     assert_eq!(calls(&upstream).await, 1);
+}
+
+/// A Redis reply that lets the proxy connect (CLIENT, PING) and finds no entry (GET), and
+/// answers nothing else.
+fn finds_nothing(command: &[String]) -> Option<&'static [u8]> {
+    match command[0].as_str() {
+        "CLIENT" => Some(b"+OK\r\n"),
+        "PING" => Some(b"+PONG\r\n"),
+        "GET" => Some(b"$-1\r\n"),
+        _ => None,
+    }
+}
+
+/// A proxy in front of `upstream` using `redis` with this REDIS_TIMEOUT, once Redis is ok.
+async fn behind(redis: &SilentRedis, upstream: &MockServer, timeout: &str) -> Instance {
+    let url = redis.url();
+    Instance::start_with(upstream, &[("REDIS_URL", &url), ("REDIS_TIMEOUT", timeout)]).await
 }
 
 /// Sends `CHAT_BODY` as `Instance::post` would (the same headers of the key, so the same
@@ -157,4 +157,17 @@ async fn send_and_wait(proxy: &Instance, until: impl Fn() -> bool) -> tokio::net
     )
     .await;
     sock
+}
+
+/// Ends `leaver`'s connection with a TCP reset (SO_LINGER 0), then sends the same request
+/// again: its answer, which must come within 20 s.
+async fn reset_and_repeat(
+    proxy: &Instance,
+    leaver: tokio::net::TcpStream,
+) -> (u16, String, String) {
+    leaver.set_zero_linger().unwrap();
+    drop(leaver);
+    tokio::time::timeout(Duration::from_secs(20), proxy.post(CHAT_BODY))
+        .await
+        .expect("the next identical request is answered, not left waiting")
 }
