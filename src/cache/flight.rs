@@ -384,19 +384,16 @@ pub struct Flights {
 
 impl Flights {
     pub fn join(&self, key: CacheKey) -> Role {
-        match self.map.entry(key) {
-            Entry::Occupied(e) if e.get().joinable() => Role::Follower(e.get().reader()),
-            Entry::Occupied(mut e) => {
-                let flight = Flight::new();
-                e.insert(flight.clone());
-                Role::Leader(flight)
-            }
-            Entry::Vacant(v) => {
-                let flight = Flight::new();
-                v.insert(flight.clone());
-                Role::Leader(flight)
-            }
+        let entry = self.map.entry(key);
+        if let Entry::Occupied(e) = &entry
+            && e.get().joinable()
+        {
+            return Role::Follower(e.get().reader());
         }
+        // None in flight, or one that takes no joiners any more: this one replaces it.
+        let flight = Flight::new();
+        entry.insert(flight.clone());
+        Role::Leader(flight)
     }
 
     /// Always starts a new flight (a client that asked for a fresh answer with `no-cache`

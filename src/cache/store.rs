@@ -138,22 +138,28 @@ impl CacheStore {
 
     /// Stores `value` unless it is larger than the per-entry limit. Returns whether it did.
     pub fn insert(&self, key: CacheKey, value: Arc<CachedResponse>) -> bool {
-        if value.weight() > self.max_entry_bytes {
-            return false;
+        let stored = self.put(key, value);
+        if stored {
+            bump(&self.metrics.stores);
         }
-        self.cache.insert(key, value);
-        bump(&self.metrics.stores);
-        true
+        stored
     }
 
     /// Puts an entry read from the shared tier into this instance's cache (not counted as a
     /// store: it was stored once, elsewhere) and returns it.
     pub fn fill(&self, key: CacheKey, value: CachedResponse) -> Arc<CachedResponse> {
         let value = Arc::new(value);
-        if value.weight() <= self.max_entry_bytes {
-            self.cache.insert(key, Arc::clone(&value));
-        }
+        self.put(key, Arc::clone(&value));
         value
+    }
+
+    /// Puts `value` into the cache unless it is larger than the per-entry limit.
+    fn put(&self, key: CacheKey, value: Arc<CachedResponse>) -> bool {
+        if value.weight() > self.max_entry_bytes {
+            return false;
+        }
+        self.cache.insert(key, value);
+        true
     }
 
     /// Drops every entry; returns how many there were.

@@ -51,11 +51,12 @@ run() {
   local px; px=$(free_port)
   local target=$bin/openai-cache-proxy
   [ "$MODE" = ceiling ] && target=$bin/examples/bench-upstream
-  [ "$MODE" = stack ] && target=$bin/examples/bench-forwarder
   local cache_mb=()
-  [ "$MODE" = stack-cache ] && target=$bin/examples/bench-forwarder && cache_mb=(CACHE_MB=64)
-  [ "$MODE" = stack-cache-miss ] && target=$bin/examples/bench-forwarder && cache_mb=(CACHE_MB=1)
-  [ "$MODE" = stack-cache-forward ] && target=$bin/examples/bench-forwarder && cache_mb=(CACHE_MB=64)
+  case "$MODE" in
+    stack) target=$bin/examples/bench-forwarder ;;
+    stack-cache | stack-cache-forward) target=$bin/examples/bench-forwarder cache_mb=(CACHE_MB=64) ;;
+    stack-cache-miss) target=$bin/examples/bench-forwarder cache_mb=(CACHE_MB=1) ;;
+  esac
   local size=100
   [ "$MODE" = miss ] && size=1
   env -i PORT="$px" MAX_CACHE_SIZE="$size" HOST=127.0.0.1 OPENAI_API_URL="http://127.0.0.1:$up" UPSTREAM="http://127.0.0.1:$up" RATE_LIMIT=0 RUST_LOG=warn \
