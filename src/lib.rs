@@ -11,6 +11,7 @@ pub mod headers;
 pub mod healthcheck;
 pub mod metrics;
 mod middleware;
+pub mod per_thread;
 mod routes;
 pub mod savings;
 pub mod shared;

@@ -13,6 +13,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::cache::CacheStatus;
+use crate::per_thread::PerThread;
 use crate::savings::Savings;
 use crate::shared::RedisCounters;
 
@@ -64,8 +65,9 @@ struct BuildLabels {
 
 pub struct Metrics {
     registry: Registry,
-    /// `[cache label][status class]`: the family's members, held so a request costs one add.
-    requests: [[Counter; 5]; 5],
+    /// `[cache label][status class]`: the family's members, held so a request costs one add
+    /// (to its thread's own share, see [`PerThread`]).
+    requests: [[Counter<u64, PerThread>; 5]; 5],
     pub stores: Counter,
     /// Entries removed to stay under MAX_CACHE_SIZE.
     pub evictions: Counter,
@@ -89,7 +91,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(savings: Savings) -> Self {
         let mut registry = Registry::with_prefix("proxy");
-        let family = Family::<RequestLabels, Counter>::default();
+        let family = Family::<RequestLabels, Counter<u64, PerThread>>::default();
         let requests = CACHE_LABELS.map(|cache| {
             STATUS_CLASSES.map(|status_class| {
                 family.get_or_create_owned(&RequestLabels {

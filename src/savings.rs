@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use dashmap::DashMap;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -13,6 +12,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use serde::Deserialize;
+
+use crate::per_thread::PerThread;
 
 /// Models tracked one by one; any further model is counted under [`OTHER_MODEL`], so a
 /// client inventing model names cannot grow the ledger or the metrics without bound.
@@ -174,15 +175,16 @@ struct ModelLabels {
     model: String,
 }
 
-/// The counters of one model; clones of the exported metrics, so both views agree.
+/// The counters of one model; clones of the exported metrics, so both views agree. Each
+/// thread adds to its own share ([`PerThread`]): every hit on the model adds to all of them.
 #[derive(Debug)]
 pub struct ModelSavings {
-    pub requests: Counter,
-    pub prompt: Counter,
-    pub completion: Counter,
-    pub total: Counter,
+    pub requests: Counter<u64, PerThread>,
+    pub prompt: Counter<u64, PerThread>,
+    pub completion: Counter<u64, PerThread>,
+    pub total: Counter<u64, PerThread>,
     /// Present when PRICE_TABLE prices this model, with the price it was given.
-    pub usd: Option<(Counter<f64, AtomicU64>, Price)>,
+    pub usd: Option<(Counter<f64, PerThread>, Price)>,
 }
 
 impl ModelSavings {
@@ -206,9 +208,9 @@ impl ModelSavings {
 pub struct Savings {
     prices: PriceTable,
     models: DashMap<Arc<str>, Arc<ModelSavings>>,
-    requests: Family<ModelLabels, Counter>,
-    tokens: Family<TokenLabels, Counter>,
-    usd: Family<ModelLabels, Counter<f64, AtomicU64>>,
+    requests: Family<ModelLabels, Counter<u64, PerThread>>,
+    tokens: Family<TokenLabels, Counter<u64, PerThread>>,
+    usd: Family<ModelLabels, Counter<f64, PerThread>>,
 }
 
 impl Savings {

@@ -75,6 +75,7 @@ impl Application {
                 config.max_cache_size_bytes,
                 config.max_entry_size_bytes,
                 config.cache_ttl,
+                config.worker_threads(),
                 metrics.clone(),
             ),
             flights: Flights::default(),

@@ -1,5 +1,6 @@
 //! The response cache: what is stored, when a request or response may use it, and how hits look.
 
+mod aliases;
 mod canonical;
 mod flight;
 mod key;

@@ -1,30 +1,25 @@
 //! `CacheStore`: one byte-bounded, TTL-bounded moka cache shared by every worker, and the
-//! alias index that lets a repeated request skip canonicalising its JSON body.
+//! alias index that lets a repeated request skip canonicalising its JSON body
+//! ([`super::aliases`]).
 //!
 //! The cache is moka's `sync` cache, called from async handlers: no call waits for anything
 //! but a short per-key lock, so nothing is gained from `future::Cache`, whose every `get` and
 //! `insert` also drives async housekeeping machinery. Measured with callgrind on a full cache
 //! taking new keys (one miss and one insert each): 10,600 instructions per key with
 //! `future::Cache` and SipHash, 7,600 with `sync::Cache` and foldhash.
-//!
-//! The alias index is a `quick_cache`: it needs no TTL, no weights and no eviction listener,
-//! and its lookup is a shard read lock and a probe, where moka's also queues a read record
-//! for its housekeeping and stamps the entry's last access. Every hit makes one.
 
 use std::sync::Arc;
 
 use std::time::{Duration, Instant};
 
+use super::aliases::Aliases;
+use super::{CacheKey, CachedResponse};
+use crate::metrics::{Metrics, bump};
 use foldhash::fast::RandomState;
 use moka::Expiry;
 use moka::notification::RemovalCause;
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
-use quick_cache::UnitWeighter;
-use quick_cache::sync::{Cache as IndexCache, DefaultLifecycle};
-
-use super::{CacheKey, CachedResponse};
-use crate::metrics::{Metrics, bump};
 
 /// What one alias is counted as in memory: two 32-byte keys plus the index's per-entry
 /// bookkeeping, with room to spare.
@@ -63,37 +58,29 @@ pub struct CacheStore {
     /// one bucket) spreads them as well as the standard library's SipHash, for less work on
     /// every lookup, insert and rehash.
     cache: Cache<CacheKey, Arc<CachedResponse>, RandomState>,
-    /// Exact-bytes digest ([`super::KeyHasher::exact`]) to cache key, for requests that hit
-    /// at least once or came with `no-cache`: a repeat then costs one hash of the body as sent
-    /// instead of a JSON parse.
-    /// A stale alias is harmless (the key of a request never changes), so it only needs a
-    /// bound: 1/32 of the cache's bytes, taken from the entries' share.
-    aliases: Arc<IndexCache<CacheKey, CacheKey, UnitWeighter, RandomState>>,
+    /// Exact-bytes digest to cache key, one index per worker thread. A stale alias is
+    /// harmless (the key of a request never changes), so it only needs a bound: 1/32 of the
+    /// cache's bytes, taken from the entries' share.
+    aliases: Arc<Aliases>,
     max_entry_bytes: u64,
     metrics: Arc<Metrics>,
 }
 
 impl CacheStore {
     /// A cache holding at most `capacity_bytes` of responses (see `CachedResponse::weight`),
-    /// each for at most `ttl`, and none larger than `max_entry_bytes`.
+    /// each for at most `ttl`, and none larger than `max_entry_bytes`, for `threads` worker
+    /// threads (each keeps its share of the alias index).
     pub fn new(
         capacity_bytes: u64,
         max_entry_bytes: u64,
         ttl: std::time::Duration,
+        threads: usize,
         metrics: Arc<Metrics>,
     ) -> Self {
         let listener_metrics = metrics.clone();
         let alias_bytes = capacity_bytes / 32;
         let max_aliases = (alias_bytes / ALIAS_WEIGHT).max(1);
-        // Sized for the first thousand aliases and grown as they come: sized for the bound,
-        // the index of a large cache would take its memory at start-up.
-        let aliases = Arc::new(IndexCache::with(
-            usize::try_from(max_aliases.min(1024)).unwrap_or(1024),
-            max_aliases,
-            UnitWeighter,
-            RandomState::default(),
-            DefaultLifecycle::default(),
-        ));
+        let aliases = Arc::new(Aliases::new(max_aliases, threads));
         let cache = Cache::builder()
             .max_capacity(capacity_bytes - alias_bytes)
             .weigher(|_k, v: &Arc<CachedResponse>| u32::try_from(v.weight()).unwrap_or(u32::MAX))
@@ -126,12 +113,12 @@ impl CacheStore {
     }
 
     /// The cache key remembered for these exact request bytes, if they hit before or came
-    /// with `no-cache`.
+    /// with `no-cache` on this worker.
     pub fn alias(&self, exact: &CacheKey) -> Option<CacheKey> {
         self.aliases.get(exact)
     }
 
-    /// Remembers that the request with digest `exact` has the cache key `key`.
+    /// Remembers, for this worker, that the request with digest `exact` has the cache key `key`.
     pub fn remember_alias(&self, exact: CacheKey, key: CacheKey) {
         self.aliases.insert(exact, key);
     }

@@ -194,6 +194,15 @@ impl Config {
     pub fn listen_addr(&self) -> (IpAddr, u16) {
         (self.host, self.port)
     }
+
+    /// Worker threads the server runs: WORKERS, or one per available CPU as actix-server
+    /// counts them by default.
+    pub fn worker_threads(&self) -> usize {
+        self.workers.map_or_else(
+            || std::thread::available_parallelism().map_or(2, NonZeroUsize::get),
+            NonZeroUsize::get,
+        )
+    }
 }
 
 impl RawConfig {

@@ -60,6 +60,7 @@ fn hit_lookup(c: &mut Criterion) {
         64 * 1024 * 1024,
         1024 * 1024,
         Duration::from_secs(3600),
+        1,
         Arc::new(Metrics::new(Savings::new(PriceTable::default()))),
     );
     let keys: Vec<CacheKey> = (0..10_000)
