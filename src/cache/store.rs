@@ -58,9 +58,9 @@ pub struct CacheStore {
     /// one bucket) spreads them as well as the standard library's SipHash, for less work on
     /// every lookup, insert and rehash.
     cache: Cache<CacheKey, Arc<CachedResponse>, RandomState>,
-    /// Exact-bytes digest to cache key, one index per worker thread. A stale alias is
-    /// harmless (the key of a request never changes), so it only needs a bound: 1/32 of the
-    /// cache's bytes, taken from the entries' share.
+    /// Exact-bytes digest to cache key: a shared index, and each worker's most recent
+    /// aliases at hand. A stale alias is harmless (the key of a request never changes), so
+    /// it only needs a bound: 1/32 of the cache's bytes, taken from the entries' share.
     aliases: Arc<Aliases>,
     max_entry_bytes: u64,
     metrics: Arc<Metrics>,
@@ -69,7 +69,7 @@ pub struct CacheStore {
 impl CacheStore {
     /// A cache holding at most `capacity_bytes` of responses (see `CachedResponse::weight`),
     /// each for at most `ttl`, and none larger than `max_entry_bytes`, for `threads` worker
-    /// threads (each keeps its share of the alias index).
+    /// threads (each keeps some aliases at hand, within the alias index's share).
     pub fn new(
         capacity_bytes: u64,
         max_entry_bytes: u64,
@@ -113,12 +113,12 @@ impl CacheStore {
     }
 
     /// The cache key remembered for these exact request bytes, if they hit before or came
-    /// with `no-cache` on this worker.
+    /// with `no-cache`.
     pub fn alias(&self, exact: &CacheKey) -> Option<CacheKey> {
         self.aliases.get(exact)
     }
 
-    /// Remembers, for this worker, that the request with digest `exact` has the cache key `key`.
+    /// Remembers that the request with digest `exact` has the cache key `key`.
     pub fn remember_alias(&self, exact: CacheKey, key: CacheKey) {
         self.aliases.insert(exact, key);
     }
@@ -161,14 +161,15 @@ impl CacheStore {
 
     /// Entries, aliases and weighted bytes after applying pending evictions and expirations,
     /// which moka otherwise reports lazily.
-    /// The bytes include the alias index's share, so they stay within the configured bound.
+    /// The bytes include the aliases (the shared index's and each worker's copies), so they
+    /// stay within the configured bound; `aliases` counts the shared index's.
     pub fn usage(&self) -> Usage {
         self.cache.run_pending_tasks();
-        let aliases = self.aliases.len() as u64;
+        let held = self.aliases.held() as u64;
         Usage {
             entries: self.cache.entry_count(),
-            aliases,
-            bytes: self.cache.weighted_size() + aliases * ALIAS_WEIGHT,
+            aliases: self.aliases.len() as u64,
+            bytes: self.cache.weighted_size() + held * ALIAS_WEIGHT,
         }
     }
 }
