@@ -12,14 +12,15 @@ use std::sync::Arc;
 
 use std::time::{Duration, Instant};
 
-use super::aliases::Aliases;
-use super::{CacheKey, CachedResponse};
-use crate::metrics::{Metrics, bump};
 use foldhash::fast::RandomState;
 use moka::Expiry;
 use moka::notification::RemovalCause;
 use moka::policy::EvictionPolicy;
 use moka::sync::Cache;
+
+use super::aliases::Aliases;
+use super::{CacheKey, CachedResponse};
+use crate::metrics::{Metrics, bump};
 
 /// What one alias is counted as in memory: two 32-byte keys plus the index's per-entry
 /// bookkeeping, with room to spare.
