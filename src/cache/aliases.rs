@@ -4,7 +4,7 @@
 //!
 //! Two levels. The index proper is one `quick_cache` that every worker shares, so that a
 //! request repeated on any worker finds its key, within one bound for the whole process. In
-//! front of it each worker thread keeps its most recent aliases at hand, in a small
+//! front of it each worker thread keeps the aliases it used lately at hand, in a small
 //! `quick_cache` of its own (a `ThreadLocal`): a hit found there touches nothing another
 //! worker writes. The shared index's lookup is a shard read lock, a write to a cache line that
 //! every worker's hits write in turn. On two cores, A/B runs put what that costs at 0–3% of

@@ -59,7 +59,7 @@ pub struct CacheStore {
     /// one bucket) spreads them as well as the standard library's SipHash, for less work on
     /// every lookup, insert and rehash.
     cache: Cache<CacheKey, Arc<CachedResponse>, RandomState>,
-    /// Exact-bytes digest to cache key: a shared index, and each worker's most recent
+    /// Exact-bytes digest to cache key: a shared index, and each worker's recently used
     /// aliases at hand. A stale alias is harmless (the key of a request never changes), so
     /// it only needs a bound: 1/32 of the cache's bytes, taken from the entries' share.
     aliases: Arc<Aliases>,
