@@ -9,6 +9,7 @@ pub mod errors;
 mod gather;
 pub mod headers;
 pub mod healthcheck;
+mod json_lines;
 pub mod metrics;
 mod middleware;
 pub mod per_thread;

@@ -8,6 +8,7 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
 use crate::config::{ConfigError, LogFormat};
+use crate::json_lines::JsonLines;
 
 /// Parses RUST_LOG (or `default` when unset) into a filter, naming RUST_LOG on error.
 pub fn env_filter(rust_log: Option<&str>, default: &str) -> Result<EnvFilter, ConfigError> {
@@ -49,12 +50,7 @@ where
         .with_env_filter(filter)
         .with_writer(writer);
     let result = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .try_init(),
+        LogFormat::Json => builder.event_format(JsonLines).try_init(),
         LogFormat::Pretty => builder.try_init(),
     };
     // A second init (tests) keeps the first subscriber.
