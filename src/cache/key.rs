@@ -61,8 +61,26 @@ impl CacheKey {
     }
 
     /// First 12 hex digits, enough to correlate log lines; reveals nothing useful.
-    pub fn short(self) -> String {
-        hex::encode(&self.0[..6])
+    pub fn short(self) -> ShortKey {
+        let mut hex = [0; 12];
+        hex::encode_to_slice(&self.0[..6], &mut hex).expect("12 digits for 6 bytes");
+        ShortKey(hex)
+    }
+}
+
+/// A key's first 12 hex digits, kept on the stack (one is logged with every request).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ShortKey([u8; 12]);
+
+impl ShortKey {
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("hex digits")
+    }
+}
+
+impl fmt::Display for ShortKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

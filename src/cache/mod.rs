@@ -20,7 +20,7 @@ use crate::headers::{
 use crate::savings::{ModelSavings, Savings, TokenUsage};
 
 pub use flight::{End, Flight, Flights, Head, Reader, Role, broken_off};
-pub use key::{CacheKey, KEY_HEADERS, KeyHasher};
+pub use key::{CacheKey, KEY_HEADERS, KeyHasher, ShortKey};
 pub use policy::{BodyKind, Directives, NoCacheReason, request_policy, response_policy};
 pub use store::CacheStore;
 

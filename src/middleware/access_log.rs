@@ -16,7 +16,7 @@ use actix_web::{Error, HttpRequest, web};
 use bytes::Bytes;
 use uuid::Uuid;
 
-use crate::cache::{CacheKey, CacheStatus, NoCacheReason};
+use crate::cache::{CacheKey, CacheStatus, NoCacheReason, ShortKey};
 use crate::client_idle::Watch;
 use crate::client_ip::client_ip;
 use crate::headers::{PROXY_ID, X_PROXY, X_REQUEST_ID};
@@ -227,7 +227,7 @@ impl LogLine {
             no_cache_reason = o.and_then(|o| o.reason).map(NoCacheReason::as_str),
             upstream_status = o.and_then(|o| o.upstream_status),
             upstream_latency_ms = o.and_then(|o| o.upstream_ms).map(ms),
-            key = o.and_then(|o| o.key).map(CacheKey::short),
+            key = o.and_then(|o| o.key).map(CacheKey::short).as_ref().map(ShortKey::as_str),
             bytes_out,
             complete,
             latency_ms = ms(self.started.elapsed().as_secs_f64() * 1000.0),

@@ -278,7 +278,7 @@ proptest! {
         prop_assert_eq!(hasher.clone().canonical(&body), first);
         prop_assert_eq!(hasher.exact(&body), KeyHasher::new(&method, &path, &headers).exact(&body));
         let hex = first.to_hex();
-        prop_assert!(hex.starts_with(&first.short()));
+        prop_assert!(hex.starts_with(first.short().as_str()));
         prop_assert_eq!(&first.prefix_hex()[..], &hex.as_bytes()[..16]);
     }
 }
