@@ -164,9 +164,8 @@ where
 {
     let mut builder = Server::build();
     let shutdown = builder.graceful_shutdown_signal();
-    if let Some(n) = config.workers {
-        builder = builder.workers(n.get());
-    }
+    // The same count the cache sizes each worker's aliases at hand for.
+    builder = builder.workers(config.worker_threads());
     let addr = listener.local_addr()?;
     let client_idle_timeout = config.client_idle_timeout;
     Ok(builder

@@ -69,7 +69,7 @@ impl CacheKey {
 }
 
 /// A key's first 12 hex digits, kept on the stack (one is logged with every request).
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub struct ShortKey([u8; 12]);
 
 impl ShortKey {
