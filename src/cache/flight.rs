@@ -17,7 +17,7 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use tokio::sync::{Notify, watch};
 
-use super::CacheKey;
+use super::{CacheKey, CachedResponse};
 
 /// How far the driver may read ahead of the slowest reader once nothing is recorded.
 const READ_AHEAD: usize = 1024 * 1024;
@@ -373,6 +373,9 @@ pub enum Role {
     Leader(Arc<Flight>),
     /// An identical request is in flight: read its response.
     Follower(Reader),
+    /// No flight, but the cache has the answer: an identical flight stored it and closed
+    /// after this request looked in the cache and before it came here.
+    Cached(Arc<CachedResponse>),
 }
 
 /// The flights in progress, shared by every worker.
@@ -383,12 +386,25 @@ pub struct Flights {
 }
 
 impl Flights {
-    pub fn join(&self, key: CacheKey) -> Role {
+    /// Follows `key`'s flight, or else leads a new one unless `cached` (a look in the cache,
+    /// made while no flight for `key` can start or close) finds the answer.
+    ///
+    /// A flight stores its answer before it closes (`fill`), so a request that missed the
+    /// cache just before an identical flight closed finds the answer here instead of calling
+    /// the upstream once more.
+    pub fn join(
+        &self,
+        key: CacheKey,
+        cached: impl FnOnce() -> Option<Arc<CachedResponse>>,
+    ) -> Role {
         let entry = self.map.entry(key);
         if let Entry::Occupied(e) = &entry
             && e.get().joinable()
         {
             return Role::Follower(e.get().reader());
+        }
+        if let Some(hit) = cached() {
+            return Role::Cached(hit);
         }
         // None in flight, or one that takes no joiners any more: this one replaces it.
         let flight = Flight::new();
@@ -432,25 +448,30 @@ impl Flights {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::cache::{CacheStore, Tokens};
+    use crate::metrics::Metrics;
+    use crate::savings::{PriceTable, Savings};
 
     fn key(n: u8) -> CacheKey {
         CacheKey::compute("GET", &format!("/v1/{n}"), &HeaderMap::new(), b"")
     }
 
-    /// Joins `key`'s flight, which must be new: its leader's flight.
+    /// Joins `key`'s flight, which must be new, with nothing in the cache: its leader's flight.
     fn lead(flights: &Flights, key: CacheKey) -> Arc<Flight> {
-        match flights.join(key) {
+        match flights.join(key, || None) {
             Role::Leader(flight) => flight,
-            Role::Follower(_) => panic!("expected to lead"),
+            _ => panic!("expected to lead"),
         }
     }
 
     /// Joins `key`'s flight, which must be in progress: a follower's reader.
     fn follow(flights: &Flights, key: CacheKey) -> Reader {
-        match flights.join(key) {
+        match flights.join(key, || panic!("a follower does not look in the cache")) {
             Role::Follower(reader) => reader,
-            Role::Leader(_) => panic!("expected to follow"),
+            _ => panic!("expected to follow"),
         }
     }
 
@@ -484,7 +505,7 @@ mod tests {
         assert_eq!(flight.recorded_body(Some(&last), 100).unwrap(), "abc");
         assert!(flight.recorded_body(Some(&last), 2).is_none());
         flights.close(&key(1), &flight);
-        assert!(matches!(flights.join(key(1)), Role::Leader(..)));
+        assert!(matches!(flights.join(key(1), || None), Role::Leader(..)));
     }
 
     #[actix_web::test]
@@ -495,7 +516,7 @@ mod tests {
         assert!(flight.push(Bytes::from_static(b"12345"), 8));
         assert!(!flight.push(Bytes::from_static(b"67890"), 8));
         assert!(
-            matches!(flights.join(key(2)), Role::Leader(..)),
+            matches!(flights.join(key(2), || None), Role::Leader(..)),
             "no joining a big one"
         );
         assert_eq!(leader.next_chunk().await.unwrap().unwrap(), "12345");
@@ -506,6 +527,40 @@ mod tests {
             "chunks every reader passed are dropped"
         );
         assert!(flight.recorded_body(None, 100).is_none());
+    }
+
+    #[test]
+    fn a_request_that_missed_as_an_identical_flight_closed_gets_the_stored_answer() {
+        let store = CacheStore::new(
+            1 << 20,
+            1 << 16,
+            Duration::from_secs(60),
+            1,
+            Arc::new(Metrics::new(Savings::new(PriceTable::default()))),
+        );
+        let flights = Flights::default();
+        let flight = lead(&flights, key(4));
+        // A second request looks in the cache while the flight is still out: a miss.
+        assert!(store.get(&key(4)).is_none());
+        // Before it joins, the flight stores its answer and closes (in that order, `fill`).
+        let answer = Arc::new(CachedResponse::new(
+            StatusCode::OK,
+            Vec::new(),
+            Bytes::from_static(b"{}"),
+            Tokens::OnFirstHit {
+                event_stream: false,
+            },
+        ));
+        assert!(store.insert(key(4), Arc::clone(&answer)));
+        flights.close(&key(4), &flight);
+        // Joining, it finds the answer instead of leading a second upstream call.
+        match flights.join(key(4), || store.get(&key(4))) {
+            Role::Cached(hit) => assert!(Arc::ptr_eq(&hit, &answer)),
+            _ => panic!("expected the stored answer"),
+        }
+        assert!(flights.is_empty(), "no flight was started");
+        // What the look turns down (a stale answer, say) still leads a flight.
+        assert!(matches!(flights.join(key(4), || None), Role::Leader(..)));
     }
 
     #[actix_web::test]

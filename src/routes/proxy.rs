@@ -89,11 +89,12 @@ pub async fn forward(req: HttpRequest, payload: web::Payload) -> Result<HttpResp
     // Identical misses share one upstream call. A follower whose leader got no answer at all
     // tries once more on its own (looking in the cache again, then perhaps leading a flight).
     let mut retried = false;
+    let fresh = |hit: &CachedResponse| directives.max_age.is_none_or(|max| hit.age_secs() <= max);
     loop {
         if directives.lookup
             && let Some(hit) = state.cache.get(&key)
         {
-            if directives.max_age.is_none_or(|max| hit.age_secs() <= max) {
+            if fresh(&hit) {
                 if !remembered {
                     state.cache.remember_alias(exact, key);
                 }
@@ -104,17 +105,25 @@ pub async fn forward(req: HttpRequest, payload: web::Payload) -> Result<HttpResp
             && !retried
             && state.shared.is_some()
             && let Some(hit) = Box::pin(shared_lookup(key, state)).await
-            && directives.max_age.is_none_or(|max| hit.age_secs() <= max)
+            && fresh(&hit)
         {
             state.cache.remember_alias(exact, key);
             return Ok(replay(&req, &hit, key, state));
         }
         let role = if directives.lookup {
-            state.flights.join(key)
+            state
+                .flights
+                .join(key, || state.cache.get(&key).filter(|hit| fresh(hit)))
         } else {
             state.flights.lead(key)
         };
         match role {
+            Role::Cached(hit) => {
+                if !remembered {
+                    state.cache.remember_alias(exact, key);
+                }
+                return Ok(replay(&req, &hit, key, state));
+            }
             Role::Leader(flight) => {
                 // Armed from here: returning early, or being dropped while Redis is asked (a
                 // client that resets its connection cancels this handler), ends the flight, or
