@@ -32,7 +32,13 @@ pub async fn wait_or_lock(key: CacheKey, body: &Bytes, state: &AppState) -> Sibl
         return Sibling::Alone;
     }
     match tier.claim(key, redis.coalesce_wait).await {
-        Claim::Ours(guard) => Sibling::Locked(guard),
+        // A sibling stores its answer before it releases the lock, so one that stored and
+        // released after this instance's look in Redis missed left the answer there: look once
+        // more before calling the upstream (dropping the guard releases the lock).
+        Claim::Ours(guard) => match tier.get_again(key).await {
+            Some(entry) => Sibling::Answered(state.cache.fill(key, entry)),
+            None => Sibling::Locked(guard),
+        },
         Claim::Unknown => Sibling::Alone,
         Claim::Sibling => match tier.await_sibling(key, redis.coalesce_wait).await {
             Some(entry) => Sibling::Answered(state.cache.fill(key, entry)),

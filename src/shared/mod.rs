@@ -197,23 +197,28 @@ impl SharedTier {
 
     /// The L2 entry for `key`, if Redis has one and it decodes.
     pub async fn get(&self, key: CacheKey) -> Option<CachedResponse> {
+        self.lookup(key, true).await
+    }
+
+    /// `key`'s entry, looked for once more after [`SharedTier::get`] missed: a hit is
+    /// counted, but not another miss nor the same undecodable value again.
+    pub async fn get_again(&self, key: CacheKey) -> Option<CachedResponse> {
+        self.lookup(key, false).await
+    }
+
+    async fn lookup(&self, key: CacheKey, first: bool) -> Option<CachedResponse> {
         let value: Option<Vec<u8>> = self.call(redis::cmd("GET").arg(self.key(key))).await?;
-        let Some(value) = value else {
+        let decoded = value.as_deref().map(codec::decode);
+        if let Some(Some(_)) = decoded {
+            self.counters.l2_hits.inc();
+        } else if first {
             self.counters.l2_misses.inc();
-            return None;
-        };
-        match codec::decode(&value) {
-            Some(entry) => {
-                self.counters.l2_hits.inc();
-                Some(entry)
-            }
-            None => {
+            if decoded.is_some() {
                 self.counters.undecodable.inc();
-                self.counters.l2_misses.inc();
                 tracing::warn!(key = %key.short(), "undecodable value in redis; treated as a miss");
-                None
             }
         }
+        decoded.flatten()
     }
 
     /// Stores `entry` for what is left of `ttl`.

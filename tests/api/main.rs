@@ -14,6 +14,7 @@ mod ops;
 mod outbound_proxy;
 mod proxy;
 mod rate_limit;
+mod redis_relay;
 mod redis_server;
 mod redis_timeout;
 mod redis_tls;

@@ -7,8 +7,9 @@ use std::time::Duration;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-use crate::helpers::{CHAT_ANSWER, CHAT_BODY};
-use crate::instances::{Backend, Instance, calls};
+use crate::helpers::{CHAT_ANSWER, CHAT_BODY, eventually};
+use crate::instances::{Backend, Instance, calls, upstream};
+use crate::redis_relay::RedisRelay;
 
 /// An upstream that answers `status` after `delay`, so that two requests overlap.
 async fn slow_upstream(status: u16, delay: Duration) -> MockServer {
@@ -106,4 +107,41 @@ async fn a_waiter_gives_up_after_redis_coalesce_wait_and_streams_never_wait() {
     assert_eq!((from_a.0, from_b.0), (200, 200));
     assert_eq!(calls(&upstream).await, 4);
     assert_eq!(sibling_waits([&a, &b]).await, 1, "no stream waited");
+}
+
+#[tokio::test]
+async fn a_miss_that_takes_the_lock_just_after_a_sibling_stored_the_answer_uses_it() {
+    let redis = Backend::single().await;
+    let Backend::Single(server) = &redis else {
+        unreachable!()
+    };
+    // Instance A's Redis calls go through a relay that holds its first lock claim back.
+    let relay = RedisRelay::start(server.port, |command| {
+        command[0] == "SET" && command.iter().any(|arg| arg == "NX")
+    })
+    .await;
+    let upstream = upstream().await;
+    let url = relay.url();
+    // Held for as long as the test needs, not given up on.
+    let a = Instance::start_with(&upstream, &[("REDIS_URL", &url), ("REDIS_TIMEOUT", "30s")]).await;
+    let b = Instance::start(&upstream, &redis, &[]).await;
+
+    // A misses in L1 and in Redis, and is about to claim the key's lock.
+    let from_a = tokio::spawn(async move { a.post(CHAT_BODY).await });
+    relay.holding().await;
+    // Meanwhile B makes the call, stores the answer and releases the lock.
+    assert_eq!(b.post(CHAT_BODY).await.1, "MISS");
+    assert_eq!(calls(&upstream).await, 1);
+    eventually(Duration::from_secs(10), "B's lock released", || async {
+        redis.keys("*lock:*").is_empty().then_some(())
+    })
+    .await;
+    // A gets the lock, which is free now, and finds B's answer.
+    relay.release();
+    let (status, cache, body) = from_a.await.unwrap();
+    assert_eq!(
+        (status, cache.as_str(), body.as_str()),
+        (200, "HIT", CHAT_ANSWER)
+    );
+    assert_eq!(calls(&upstream).await, 1, "no second upstream call");
 }

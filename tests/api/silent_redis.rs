@@ -80,7 +80,7 @@ impl SilentRedis {
 
 /// The first complete command in `buf` (a RESP array of bulk strings): its arguments, the
 /// first (the command's name) upper-cased, and the bytes it takes.
-fn command(buf: &[u8]) -> Option<(Vec<String>, usize)> {
+pub fn command(buf: &[u8]) -> Option<(Vec<String>, usize)> {
     let mut at = 0;
     let line = |at: &mut usize| -> Option<&[u8]> {
         let end = buf[*at..].windows(2).position(|w| w == b"\r\n")? + *at;
