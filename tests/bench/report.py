@@ -169,8 +169,7 @@ def main():
     added_ttfb_p90 = stream["PROXY"][1] - stream["DIRECT"][1]
     peak = mb(max(rss["during"] + rss["round"] + rss["after"]))
     print(f"\nSTREAM added TTFB (PROXY MISS - DIRECT): p50 {added_ttfb:.3f} ms, p90 {added_ttfb_p90:.3f} ms;"
-          f" a HIT replays its first byte {stream['DIRECT'][0] - stream['PROXY-HIT'][0]:+.3f} ms"
-          " sooner than DIRECT (p50)")
+          f" a HIT's first byte p50 {stream['PROXY-HIT'][0] - stream['DIRECT'][0]:+.3f} ms against DIRECT")
     if stream["PROXY"][0] > 50:
         print("WARNING: proxied TTFB is over half the ~100 ms stream: is the proxy buffering it?")
     print(f"MISS-unique PROXY-MISS VmRSS (MB = MiB): idle {mb(rss['idle'][0]):.1f},"

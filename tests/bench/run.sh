@@ -571,7 +571,7 @@ stop "$REDIS_PID"
 # STREAM: time to first SSE byte, DIRECT and PROXY alternating; every body is unique, so each
 # PROXY request is a cacheable miss (recorded and stored), and its replay right after a HIT.
 check_stream
-say "STREAM: $STREAM_REQUESTS streamed requests, alternating DIRECT/PROXY (each PROXY one then replayed as a HIT), ~0.1 s each"
+say "STREAM: $STREAM_REQUESTS streamed requests, alternating DIRECT/PROXY (each PROXY one then replayed as a HIT), ~0.1 s each, each after the same 20 ms pause"
 before="$(upstream_count)"
 sent="$(timeout $((STREAM_REQUESTS + 60)) python3 "$B/stream_ttfb.py" "$UPSTREAM_PORT" "$PROXY_PORT" \
     "$STREAM_REQUESTS" "$WORK/stream-direct.b" "$WORK/stream")" || die "stream TTFB client failed (see above)"
