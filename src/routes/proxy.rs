@@ -90,15 +90,19 @@ pub async fn forward(req: HttpRequest, payload: web::Payload) -> Result<HttpResp
     // tries once more on its own (looking in the cache again, then perhaps leading a flight).
     let mut retried = false;
     let fresh = |hit: &CachedResponse| directives.max_age.is_none_or(|max| hit.age_secs() <= max);
+    // An answer from either tier: these bytes' key is remembered, and the entry replayed.
+    let hit_reply = |hit: &CachedResponse| {
+        if !remembered {
+            state.cache.remember_alias(exact, key);
+        }
+        replay(&req, hit, key, state)
+    };
     loop {
         if directives.lookup
             && let Some(hit) = state.cache.get(&key)
         {
             if fresh(&hit) {
-                if !remembered {
-                    state.cache.remember_alias(exact, key);
-                }
-                return Ok(replay(&req, &hit, key, state));
+                return Ok(hit_reply(&hit));
             }
             forward = Forward::Stale;
         } else if directives.lookup
@@ -107,8 +111,7 @@ pub async fn forward(req: HttpRequest, payload: web::Payload) -> Result<HttpResp
             && let Some(hit) = Box::pin(shared_lookup(key, state)).await
             && fresh(&hit)
         {
-            state.cache.remember_alias(exact, key);
-            return Ok(replay(&req, &hit, key, state));
+            return Ok(hit_reply(&hit));
         }
         let role = if directives.lookup {
             state
@@ -118,12 +121,7 @@ pub async fn forward(req: HttpRequest, payload: web::Payload) -> Result<HttpResp
             state.flights.lead(key)
         };
         match role {
-            Role::Cached(hit) => {
-                if !remembered {
-                    state.cache.remember_alias(exact, key);
-                }
-                return Ok(replay(&req, &hit, key, state));
-            }
+            Role::Cached(hit) => return Ok(hit_reply(&hit)),
             Role::Leader(flight) => {
                 // Armed from here: returning early, or being dropped while Redis is asked (a
                 // client that resets its connection cancels this handler), ends the flight, or
@@ -133,11 +131,8 @@ pub async fn forward(req: HttpRequest, payload: web::Payload) -> Result<HttpResp
                 let mut lock = None;
                 if directives.lookup && !retried && state.shared.is_some() {
                     match Box::pin(sibling::wait_or_lock(key, &body, state)).await {
-                        Sibling::Answered(hit) => {
-                            // `unanswered` ends the flight: its followers retry and hit L1.
-                            state.cache.remember_alias(exact, key);
-                            return Ok(replay(&req, &hit, key, state));
-                        }
+                        // `unanswered` ends the flight: its followers retry and hit L1.
+                        Sibling::Answered(hit) => return Ok(hit_reply(&hit)),
                         Sibling::Locked(guard) => lock = Some(guard),
                         Sibling::Alone => {}
                     }
