@@ -14,8 +14,16 @@
 //! No canonical JSON, coalescing, alias index, eviction counts, token usage, metrics, logging
 //! or timeouts. What the proxy adds over STACK-CACHE is what it does beyond the least a cache
 //! must do.
+//!
+//! With `HIT_HEAD_FROM` and `MISS_HEAD_FROM` too (files of `name: value` lines) it is
+//! STACK-CACHE-HEAD: a HIT also carries the headers of the first file, a MISS those of the
+//! second. `run.sh` fills them from the proxy's own HIT and forward heads, all but X-Cache and
+//! what actix sets itself, so STACK-CACHE-HEAD sends the head the proxy must send (issues 2 and
+//! 4: X-Proxy, Cache-Status, X-Cache-Key, X-Request-Id, and on a hit Age and X-Cache-Timestamp)
+//! as fixed bytes, without working any of it out: the least a cache on this stack does with
+//! that head.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
@@ -25,6 +33,9 @@ use actix_web::http::header::{
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use moka::policy::EvictionPolicy;
 use openai_cache_proxy::cache::{CacheKey, KeyHasher};
+
+#[path = "head.rs"]
+mod head;
 
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -37,6 +48,11 @@ struct Entry {
     body: web::Bytes,
 }
 
+/// STACK-CACHE-HEAD's extra headers on a HIT (`HIT_HEAD_FROM`) and on a MISS or a forward
+/// (`MISS_HEAD_FROM`); empty otherwise.
+static HIT_HEAD: LazyLock<head::Head> = LazyLock::new(|| head::from_env("HIT_HEAD_FROM"));
+static MISS_HEAD: LazyLock<head::Head> = LazyLock::new(|| head::from_env("MISS_HEAD_FROM"));
+
 type Cache = moka::sync::Cache<CacheKey, Arc<Entry>, foldhash::fast::RandomState>;
 
 fn key_of(req: &HttpRequest, body: &[u8]) -> CacheKey {
@@ -44,19 +60,21 @@ fn key_of(req: &HttpRequest, body: &[u8]) -> CacheKey {
     KeyHasher::new(req.method().as_str(), path_and_query, req.headers()).exact(body)
 }
 
-/// An answer with `status`, `body` and, when given, its Content-Type and `X-Cache` (STACK-CACHE).
+/// An answer with `status`, `body` and, when given, its Content-Type and `X-Cache` with the
+/// head that goes with it (STACK-CACHE, STACK-CACHE-HEAD).
 fn respond(
     status: StatusCode,
     content_type: Option<&HeaderValue>,
     body: web::Bytes,
-    x_cache: Option<&'static str>,
+    x_cache: Option<(&'static str, &head::Head)>,
 ) -> HttpResponse {
     let mut response = HttpResponse::build(status);
     if let Some(value) = content_type {
         response.insert_header((CONTENT_TYPE, value.clone()));
     }
-    if let Some(value) = x_cache {
+    if let Some((value, extra)) = x_cache {
         response.insert_header((HeaderName::from_static("x-cache"), value));
+        head::append(&mut response, extra);
     }
     response.body(body)
 }
@@ -79,7 +97,12 @@ async fn forward(
         && let Some(hit) = cache.get(key)
     {
         let body = hit.body.clone();
-        return respond(StatusCode::OK, hit.content_type.as_ref(), body, Some("HIT"));
+        return respond(
+            StatusCode::OK,
+            hit.content_type.as_ref(),
+            body,
+            Some(("HIT", &HIT_HEAD)),
+        );
     }
     let mut outbound = client.request(req.method().clone(), format!("{}{}", upstream.0, req.uri()));
     for name in [AUTHORIZATION, CONTENT_TYPE] {
@@ -107,7 +130,12 @@ async fn forward(
         };
         cache.insert(key, Arc::new(entry));
     }
-    respond(answer.status(), content_type, bytes, Some("MISS"))
+    respond(
+        answer.status(),
+        content_type,
+        bytes,
+        Some(("MISS", &MISS_HEAD)),
+    )
 }
 
 #[actix_web::main]
@@ -119,6 +147,9 @@ async fn main() -> std::io::Result<()> {
     let upstream = web::Data::new(Upstream(
         std::env::var("UPSTREAM").expect("UPSTREAM must be set (http://host:port)"),
     ));
+    // A bad head file stops it here, not in a worker.
+    LazyLock::force(&HIT_HEAD);
+    LazyLock::force(&MISS_HEAD);
     let cache = std::env::var("CACHE_MB").ok().map(|mb| {
         let mb: u64 = mb.parse().expect("CACHE_MB must be a whole number of MiB");
         let cache: Cache = moka::sync::Cache::builder()

@@ -22,9 +22,10 @@ import sys
 
 SCENARIOS = (
     ("HIT", "64 conns, 1.4 KB answer from cache",
-     ("CEILING", "CEILING-HEAD", "STACK-CACHE", "NGINX", "PROXY", "PROXY-INFO")),
+     ("CEILING", "CEILING-HEAD", "STACK-CACHE", "STACK-CACHE-HEAD", "NGINX", "PROXY", "PROXY-INFO")),
     ("HIT-large", "64 conns, 32 KB answer from cache", ("CEILING", "NGINX", "PROXY")),
-    ("FORWARD", "64 conns, Cache-Control: no-cache", ("DIRECT", "NGINX", "STACK", "STACK-CACHE", "PROXY")),
+    ("FORWARD", "64 conns, Cache-Control: no-cache",
+     ("DIRECT", "NGINX", "STACK", "STACK-CACHE", "STACK-CACHE-HEAD", "PROXY")),
     ("FORWARD-1c", "1 conn, Cache-Control: no-cache",
      ("DIRECT", "RELAY", "STACK", "STACK-CACHE", "NGINX", "PROXY")),
     ("MISS-unique", "64 conns, every body new", ("NGINX", "STACK", "STACK-CACHE", "PROXY-MISS")),
@@ -241,6 +242,10 @@ def main():
         "PROXY/CEILING-HEAD (HIT)": ("HIT", "PROXY", "CEILING-HEAD"),
         "STACK-CACHE/NGINX (HIT)": ("HIT", "STACK-CACHE", "NGINX"),
         "PROXY/STACK-CACHE (HIT)": ("HIT", "PROXY", "STACK-CACHE"),
+        "STACK-CACHE-HEAD/NGINX (HIT)": ("HIT", "STACK-CACHE-HEAD", "NGINX"),
+        "PROXY/STACK-CACHE-HEAD (HIT)": ("HIT", "PROXY", "STACK-CACHE-HEAD"),
+        "STACK-CACHE-HEAD/NGINX (FORWARD)": ("FORWARD", "STACK-CACHE-HEAD", "NGINX"),
+        "PROXY/STACK-CACHE-HEAD (FORWARD)": ("FORWARD", "PROXY", "STACK-CACHE-HEAD"),
         "PROXY-INFO/PROXY (HIT)": ("HIT", "PROXY-INFO", "PROXY"),
         "PROXY-INFO/CEILING (HIT)": ("HIT", "PROXY-INFO", "CEILING"),
         "CEILING/NGINX (HIT-large)": ("HIT-large", "CEILING", "NGINX"),
@@ -270,6 +275,14 @@ def main():
           f" {paired_of['STACK-CACHE/NGINX (HIT)'][0]:.2f} (what a cache on this stack reaches),"
           f" PROXY / STACK-CACHE {paired_of['PROXY/STACK-CACHE (HIT)'][0]:.2f} (what the proxy's"
           " features cost a HIT: its head, request id, access log, ledger, alias index)")
+    print("STACK-CACHE-HEAD, STACK-CACHE sending the proxy's head as fixed bytes (a HIT's, a"
+          " forward's), the least a cache on this stack does with the head issues 2 and 4 require:"
+          f" STACK-CACHE-HEAD / NGINX HIT {paired_of['STACK-CACHE-HEAD/NGINX (HIT)'][0]:.2f},"
+          f" FORWARD {paired_of['STACK-CACHE-HEAD/NGINX (FORWARD)'][0]:.2f} (what such a cache"
+          " reaches here, against the targets 1.6 and 1.2); PROXY / STACK-CACHE-HEAD HIT"
+          f" {paired_of['PROXY/STACK-CACHE-HEAD (HIT)'][0]:.2f}, FORWARD"
+          f" {paired_of['PROXY/STACK-CACHE-HEAD (FORWARD)'][0]:.2f} (what the proxy's code costs"
+          " beyond sending that head)")
     print("PROXY-INFO, the proxy at its default RUST_LOG=info (an access log line per request, to a"
           f" pipe): PROXY-INFO / PROXY {paired_of['PROXY-INFO/PROXY (HIT)'][0]:.2f} (what the log"
           f" costs a HIT), PROXY-INFO / CEILING {paired_of['PROXY-INFO/CEILING (HIT)'][0]:.2f}")

@@ -14,7 +14,10 @@
 # awc and returns the whole answer: the least a proxy on this project's stack does for a request
 # it has to send upstream, so what PROXY adds over STACK is this crate's own work. STACK-CACHE
 # (the same forwarder with CACHE_MB) adds the least a cache on this stack does (a SHA-256 key,
-# moka's lookup and store): what PROXY adds over it is work beyond that least.
+# moka's lookup and store): what PROXY adds over it is work beyond that least. In HIT and FORWARD,
+# STACK-CACHE-HEAD is STACK-CACHE sending the proxy's head too (copied from the proxy's own HIT and
+# forward at the start of the run): the least a cache on this stack does with the head the issues
+# require, so PROXY / STACK-CACHE-HEAD is what the proxy's code costs beyond sending that head.
 # Scenarios: HIT, HIT-large, FORWARD (64 connections and 1), MISS-unique, STREAM, start-up; each
 # after a functional check, targets interleaved round by round. Prints a Markdown table and ratios.
 # Env: BENCH_SECONDS (per wrk run, default 5), BENCH_ROUNDS (interleaved rounds, default 5, min 2),
@@ -111,9 +114,9 @@ cargo build --release --example bench-upstream --example bench-forwarder
 
 # Distinct free ports: bind all before closing any.
 read -r UPSTREAM_PORT PROXY_PORT MISS_PORT NGINX_PORT REDIS_PORT L2W_PORT L2_PORT RELAY_PORT STACK_PORT \
-    STACK_CACHE_PORT CEILING_HEAD_PORT PROXY_INFO_PORT < <(python3 -c '
+    STACK_CACHE_PORT CEILING_HEAD_PORT PROXY_INFO_PORT STACK_CACHE_HEAD_PORT < <(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(12)]
+socks = [socket.socket() for _ in range(13)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))')
@@ -166,6 +169,7 @@ RELAY="http://127.0.0.1:$RELAY_PORT"
 STACK="http://127.0.0.1:$STACK_PORT"
 STACK_CACHE="http://127.0.0.1:$STACK_CACHE_PORT"
 CEILING_HEAD="http://127.0.0.1:$CEILING_HEAD_PORT"
+STACK_CACHE_HEAD="http://127.0.0.1:$STACK_CACHE_HEAD_PORT"
 PROXY_INFO="http://127.0.0.1:$PROXY_INFO_PORT"
 CURL=(curl --silent --show-error --noproxy '*' --max-time 10)
 
@@ -398,6 +402,7 @@ url_of() {
         RELAY) echo "$RELAY" ;;
         STACK) echo "$STACK" ;;
         STACK-CACHE) echo "$STACK_CACHE" ;;
+        STACK-CACHE-HEAD) echo "$STACK_CACHE_HEAD" ;;
         PROXY) echo "$PROXY" ;;
         PROXY-INFO) echo "$PROXY_INFO" ;;
         PROXY-MISS) echo "$MISS_PROXY" ;;
@@ -442,23 +447,41 @@ check_hit HIT PROXY "$PROXY" /v1/chat/completions "$WORK/chat.json"
 check_hit HIT STACK-CACHE "$STACK_CACHE" /v1/chat/completions "$WORK/chat.json"
 # CEILING-HEAD: the bare handler sending the head of that proxy HIT too (all but the status line
 # and the headers it sets itself), so the cost of the head is apart from the proxy's code.
-tr -d '\r' <"$WORK/check-HIT-PROXY-3.h" | sed 1d |
-    grep -Eiv '^(content-length|content-type|date):|^$' >"$WORK/proxy-head.txt"
+# STACK-CACHE-HEAD: STACK-CACHE sending that head on a HIT, and a proxy forward's on a MISS (all
+# but X-Cache, which it sets itself as STACK-CACHE does).
+head_of() { # headers-file out-file [more names to leave out]
+    tr -d '\r' <"$1" | sed 1d | grep -Eiv "^(content-length|content-type|date${3:+|$3}):|^\$" >"$2"
+}
+head_of "$WORK/check-HIT-PROXY-3.h" "$WORK/proxy-head.txt"
+head_of "$WORK/check-HIT-PROXY-3.h" "$WORK/proxy-hit-head.txt" x-cache
+post "$PROXY" /v1/chat/completions "$WORK/chat.json" "$WORK/proxy-forward" 'Cache-Control: no-cache'
+head_of "$WORK/proxy-forward.h" "$WORK/proxy-miss-head.txt" x-cache
 PORT="$CEILING_HEAD_PORT" HEAD_FROM="$WORK/proxy-head.txt" target/release/examples/bench-upstream \
     >"$WORK/ceiling-head.log" 2>&1 &
 PIDS+=("$!")
 CEILING_HEAD_PID="$!"
+PORT="$STACK_CACHE_HEAD_PORT" UPSTREAM="$UPSTREAM" CACHE_MB="$MISS_CACHE_MB" \
+    HIT_HEAD_FROM="$WORK/proxy-hit-head.txt" MISS_HEAD_FROM="$WORK/proxy-miss-head.txt" \
+    target/release/examples/bench-forwarder >"$WORK/stack-cache-head.log" 2>&1 &
+PIDS+=("$!")
+STACK_CACHE_HEAD_PID="$!"
 wait_ready ceiling-head "$CEILING_HEAD_PID" "$CEILING_HEAD/count"
+wait_ready stack-cache-head "$STACK_CACHE_HEAD_PID" "$STACK_CACHE_HEAD/count"
 post "$CEILING_HEAD" /v1/chat/completions "$WORK/chat.json" "$WORK/check-HIT-CEILING-HEAD"
 names() { tr -d '\r' <"$1" | sed 1d | awk -F: 'NF > 1 {print tolower($1)}' | sort; }
-[[ "$(names "$WORK/check-HIT-CEILING-HEAD.h")" == "$(names "$WORK/check-HIT-PROXY-3.h")" ]] ||
-    die "CEILING-HEAD's header names differ from a proxy HIT's:" \
-        "$(diff <(names "$WORK/check-HIT-CEILING-HEAD.h") <(names "$WORK/check-HIT-PROXY-3.h") | tr '\n' ' ')"
+same_names() { # what headers-file proxy-headers-file
+    [[ "$(names "$2")" == "$(names "$3")" ]] ||
+        die "$1's header names differ from the proxy's:" "$(diff <(names "$2") <(names "$3") | tr '\n' ' ')"
+}
+same_names CEILING-HEAD "$WORK/check-HIT-CEILING-HEAD.h" "$WORK/check-HIT-PROXY-3.h"
 same_body "HIT CEILING-HEAD" "$WORK/check-HIT-PROXY-direct.b" "$WORK/check-HIT-CEILING-HEAD.b"
 say "HIT CEILING-HEAD: functional check ok (the header names of a proxy HIT," \
     "$(wc -c <"$WORK/check-HIT-CEILING-HEAD.h") B of head against the proxy's $(wc -c <"$WORK/check-HIT-PROXY-3.h") B, body identical)"
+check_hit HIT STACK-CACHE-HEAD "$STACK_CACHE_HEAD" /v1/chat/completions "$WORK/chat.json"
+same_names "STACK-CACHE-HEAD's HIT" "$WORK/check-HIT-STACK-CACHE-HEAD-3.h" "$WORK/check-HIT-PROXY-3.h"
+same_names "STACK-CACHE-HEAD's MISS" "$WORK/check-HIT-STACK-CACHE-HEAD-1.h" "$WORK/proxy-forward.h"
 check_hit HIT PROXY-INFO "$PROXY_INFO" /v1/chat/completions "$WORK/chat.json"
-measure HIT 64 "$B/post.lua" none CEILING CEILING-HEAD STACK-CACHE NGINX PROXY PROXY-INFO
+measure HIT 64 "$B/post.lua" none CEILING CEILING-HEAD STACK-CACHE STACK-CACHE-HEAD NGINX PROXY PROXY-INFO
 stop "$CEILING_HEAD_PID"
 # PROXY-INFO must have logged every request it answered: wrk's, the check's 3 and a /health.
 stop "$PROXY_INFO_PID"
@@ -482,7 +505,10 @@ check_reaches_upstream FORWARD PROXY "$PROXY" "$WORK/chat.json" 'Cache-Control: 
 check_reaches_upstream FORWARD STACK "$STACK" "$WORK/chat.json" 'Cache-Control: no-cache'
 # STACK-CACHE is a cache (its HITs were checked in HIT): no-cache requests reach the upstream.
 check_reaches_upstream FORWARD STACK-CACHE "$STACK_CACHE" "$WORK/chat.json" 'Cache-Control: no-cache'
-measure FORWARD 64 "$B/forward.lua" all DIRECT NGINX STACK STACK-CACHE PROXY
+check_reaches_upstream FORWARD STACK-CACHE-HEAD "$STACK_CACHE_HEAD" "$WORK/chat.json" 'Cache-Control: no-cache'
+same_names "STACK-CACHE-HEAD's forward" "$WORK/check-FORWARD-STACK-CACHE-HEAD.h" "$WORK/check-FORWARD-PROXY.h"
+measure FORWARD 64 "$B/forward.lua" all DIRECT NGINX STACK STACK-CACHE STACK-CACHE-HEAD PROXY
+stop "$STACK_CACHE_HEAD_PID"
 # RELAY: one socat process per connection (`fork`), each ending with its connection.
 socat TCP-LISTEN:"$RELAY_PORT",bind=127.0.0.1,reuseaddr,fork,nodelay \
     TCP:127.0.0.1:"$UPSTREAM_PORT",nodelay >"$WORK/relay.log" 2>&1 &

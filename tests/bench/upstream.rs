@@ -12,9 +12,11 @@ use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{App, HttpResponse, HttpResponseBuilder, HttpServer, web};
 use futures_util::stream::{self, Stream};
+
+#[path = "head.rs"]
+mod head;
 
 /// Requests answered with [`BODY`], [`EMBEDDING`] or an event stream; `GET /count` itself is not counted.
 static SERVED: AtomicU64 = AtomicU64::new(0);
@@ -55,36 +57,13 @@ static EMBEDDING: LazyLock<web::Bytes> = LazyLock::new(|| {
 });
 
 /// The extra headers of CEILING-HEAD (`HEAD_FROM`); empty otherwise.
-static HEAD: LazyLock<Vec<(HeaderName, HeaderValue)>> = LazyLock::new(|| {
-    std::env::var("HEAD_FROM").map_or_else(|_| Vec::new(), |path| read_head(&path))
-});
-
-/// Reads `name: value` lines (a response head without its status line, as curl dumps it).
-fn read_head(path: &str) -> Vec<(HeaderName, HeaderValue)> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("HEAD_FROM {path}: {e}"));
-    text.lines()
-        .map(|line| line.trim_end_matches('\r'))
-        .filter(|line| !line.is_empty())
-        .map(|line| {
-            let (name, value) = line
-                .split_once(':')
-                .unwrap_or_else(|| panic!("HEAD_FROM {path}: not a header line: {line}"));
-            let name = HeaderName::from_bytes(name.trim().as_bytes())
-                .unwrap_or_else(|e| panic!("HEAD_FROM {path}: header name {name:?}: {e}"));
-            let value = HeaderValue::from_str(value.trim())
-                .unwrap_or_else(|e| panic!("HEAD_FROM {path}: value of {name}: {e}"));
-            (name, value)
-        })
-        .collect()
-}
+static HEAD: LazyLock<head::Head> = LazyLock::new(|| head::from_env("HEAD_FROM"));
 
 /// A 200 of JSON, with CEILING-HEAD's headers when there are any.
 fn json_ok() -> HttpResponseBuilder {
     let mut response = HttpResponse::Ok();
     response.content_type("application/json");
-    for (name, value) in HEAD.iter() {
-        response.append_header((name.clone(), value.clone()));
-    }
+    head::append(&mut response, &HEAD);
     response
 }
 
