@@ -16,7 +16,11 @@
 # the MISS requests through that forwarder with a 1 MB cache (key, lookup, upstream call, store
 # and eviction), the least a MISS costs on this stack; CALLGRIND_MODE=stack-cache-forward counts
 # the no-cache requests through that forwarder with its cache (key, upstream call, store), the
-# least a FORWARD costs on this stack.
+# least a FORWARD costs on this stack. CALLGRIND_MODE=stack-cache-head and stack-cache-head-forward
+# count the HITs and the no-cache requests of stack-cache and stack-cache-forward with the
+# proxy's own head added (STACK-CACHE-HEAD: copied from a HIT and a forward of the proxy, run
+# natively first), the least a HIT and a FORWARD cost on this stack with the head the proxy must
+# send.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${HIT_REQUESTS:-2000}
@@ -30,7 +34,9 @@ case "$MODE" in
   stack-cache) extra=() ;;
   stack-cache-miss) extra=(unique) ;;
   stack-cache-forward) extra=(no-cache) ;;
-  *) echo "CALLGRIND_MODE must be hit, forward, miss, ceiling, stack, stack-cache, stack-cache-miss or stack-cache-forward, got '$MODE'" >&2; exit 2 ;;
+  stack-cache-head) extra=() ;;
+  stack-cache-head-forward) extra=(no-cache) ;;
+  *) echo "CALLGRIND_MODE must be hit, forward, miss, ceiling, stack, stack-cache, stack-cache-miss, stack-cache-forward, stack-cache-head or stack-cache-head-forward, got '$MODE'" >&2; exit 2 ;;
 esac
 command -v valgrind >/dev/null || { echo "valgrind not found: apt-get install valgrind" >&2; exit 1; }
 export CARGO_TARGET_DIR=target/callgrind
@@ -45,6 +51,27 @@ PORT=$up "$bin/examples/bench-upstream" >/dev/null 2>&1 & up_pid=$!
 # KEEP_CALLGRIND=DIR keeps the two profiles there, for callgrind_annotate.
 trap 'kill $up_pid 2>/dev/null || true; [ -z "${KEEP_CALLGRIND:-}" ] || cp "$out"/cg.* "$KEEP_CALLGRIND"/; rm -rf "$out"' EXIT
 
+# STACK-CACHE-HEAD's heads: a proxy HIT's and a proxy forward's, all but what the forwarder sets
+# itself (as `run.sh` makes them).
+if [[ "$MODE" == stack-cache-head* ]]; then
+  px=$(free_port)
+  env -i PORT="$px" HOST=127.0.0.1 OPENAI_API_URL="http://127.0.0.1:$up" RATE_LIMIT=0 RUST_LOG=warn \
+    CACHE_TTL=1h "$bin/openai-cache-proxy" >"$out/head-proxy.log" 2>&1 & head_pid=$!
+  for _ in $(seq 1 150); do curl -s -o /dev/null "http://127.0.0.1:$px/health" && break; sleep 0.1; done
+  python3 tests/bench/hits.py "$px" 2 >/dev/null
+  head_of() { # extra curl arguments...: the head of one more request, less what the forwarder sets
+    curl -s --fail -o /dev/null -D - "$@" -H 'Content-Type: application/json' -H 'Authorization: Bearer sk-bench' \
+      --data '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"head"}]}' \
+      "http://127.0.0.1:$px/v1/chat/completions" | tr -d '\r' | sed 1d |
+      grep -Eiv '^(content-length|content-type|date|x-cache):|^$'
+  }
+  head_of >/dev/null
+  head_of >"$out/hit-head"
+  head_of -H 'Cache-Control: no-cache' >"$out/miss-head"
+  kill "$head_pid"; wait "$head_pid" || true
+  grep -qi '^age:' "$out/hit-head" || { echo "no proxy HIT head: $(cat "$out/hit-head")" >&2; exit 1; }
+fi
+
 # One run under callgrind: start, warm with 20 requests, send $1 more, stop with SIGTERM (a
 # clean exit writes the profile). The difference of two runs is the cost of the extra hits.
 run() {
@@ -56,6 +83,8 @@ run() {
     stack) target=$bin/examples/bench-forwarder ;;
     stack-cache | stack-cache-forward) target=$bin/examples/bench-forwarder cache_mb=(CACHE_MB=64) ;;
     stack-cache-miss) target=$bin/examples/bench-forwarder cache_mb=(CACHE_MB=1) ;;
+    stack-cache-head*) target=$bin/examples/bench-forwarder
+      cache_mb=(CACHE_MB=64 HIT_HEAD_FROM="$out/hit-head" MISS_HEAD_FROM="$out/miss-head") ;;
   esac
   local size=100
   [ "$MODE" = miss ] && size=1
