@@ -49,7 +49,8 @@ out=$(mktemp -d)
 up=$(free_port)
 PORT=$up "$bin/examples/bench-upstream" >/dev/null 2>&1 & up_pid=$!
 # KEEP_CALLGRIND=DIR keeps the two profiles there, for callgrind_annotate.
-trap 'kill $up_pid 2>/dev/null || true; [ -z "${KEEP_CALLGRIND:-}" ] || cp "$out"/cg.* "$KEEP_CALLGRIND"/; rm -rf "$out"' EXIT
+head_pid=""
+trap 'kill $up_pid $head_pid 2>/dev/null || true; [ -z "${KEEP_CALLGRIND:-}" ] || cp "$out"/cg.* "$KEEP_CALLGRIND"/; rm -rf "$out"' EXIT
 
 # STACK-CACHE-HEAD's heads: a proxy HIT's and a proxy forward's, all but what the forwarder sets
 # itself (as `run.sh` makes them).
@@ -69,6 +70,7 @@ if [[ "$MODE" == stack-cache-head* ]]; then
   head_of >"$out/hit-head"
   head_of -H 'Cache-Control: no-cache' >"$out/miss-head"
   kill "$head_pid"; wait "$head_pid" || true
+  head_pid=""
   grep -qi '^age:' "$out/hit-head" || { echo "no proxy HIT head: $(cat "$out/hit-head")" >&2; exit 1; }
 fi
 
