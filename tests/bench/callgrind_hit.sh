@@ -55,6 +55,7 @@ trap 'kill $up_pid $head_pid 2>/dev/null || true; [ -z "${KEEP_CALLGRIND:-}" ] |
 # STACK-CACHE-HEAD's heads: a proxy HIT's and a proxy forward's, all but what the forwarder sets
 # itself (as `run.sh` makes them).
 if [[ "$MODE" == stack-cache-head* ]]; then
+  source tests/bench/head_lines.sh
   px=$(free_port)
   env -i PORT="$px" HOST=127.0.0.1 OPENAI_API_URL="http://127.0.0.1:$up" RATE_LIMIT=0 RUST_LOG=warn \
     CACHE_TTL=1h "$bin/openai-cache-proxy" >"$out/head-proxy.log" 2>&1 & head_pid=$!
@@ -63,8 +64,7 @@ if [[ "$MODE" == stack-cache-head* ]]; then
   head_of() { # extra curl arguments...: the head of one more request, less what the forwarder sets
     curl -s --fail -o /dev/null -D - "$@" -H 'Content-Type: application/json' -H 'Authorization: Bearer sk-bench' \
       --data '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"head"}]}' \
-      "http://127.0.0.1:$px/v1/chat/completions" | tr -d '\r' | sed 1d |
-      grep -Eiv '^(content-length|content-type|date|x-cache):|^$'
+      "http://127.0.0.1:$px/v1/chat/completions" | head_lines x-cache
   }
   head_of >/dev/null
   head_of >"$out/hit-head"

@@ -449,13 +449,11 @@ check_hit HIT STACK-CACHE "$STACK_CACHE" /v1/chat/completions "$WORK/chat.json"
 # and the headers it sets itself), so the cost of the head is apart from the proxy's code.
 # STACK-CACHE-HEAD: STACK-CACHE sending that head on a HIT, and a proxy forward's on a MISS (all
 # but X-Cache, which it sets itself as STACK-CACHE does).
-head_of() { # headers-file out-file [more names to leave out]
-    tr -d '\r' <"$1" | sed 1d | grep -Eiv "^(content-length|content-type|date${3:+|$3}):|^\$" >"$2"
-}
-head_of "$WORK/check-HIT-PROXY-3.h" "$WORK/proxy-head.txt"
-head_of "$WORK/check-HIT-PROXY-3.h" "$WORK/proxy-hit-head.txt" x-cache
+source "$B/head_lines.sh"
+head_lines <"$WORK/check-HIT-PROXY-3.h" >"$WORK/proxy-head.txt"
+head_lines x-cache <"$WORK/check-HIT-PROXY-3.h" >"$WORK/proxy-hit-head.txt"
 post "$PROXY" /v1/chat/completions "$WORK/chat.json" "$WORK/proxy-forward" 'Cache-Control: no-cache'
-head_of "$WORK/proxy-forward.h" "$WORK/proxy-miss-head.txt" x-cache
+head_lines x-cache <"$WORK/proxy-forward.h" >"$WORK/proxy-miss-head.txt"
 PORT="$CEILING_HEAD_PORT" HEAD_FROM="$WORK/proxy-head.txt" target/release/examples/bench-upstream \
     >"$WORK/ceiling-head.log" 2>&1 &
 PIDS+=("$!")
