@@ -1,4 +1,4 @@
-//! Phase `mix`: CLIENTS tasks for DURATION_SECS sending HIT, MISS, STREAM, BYPASS and ABUSIVE
+//! Phase `mix`: CLIENTS tasks for DURATION_SECS sending HIT, MISS, STREAM, REFRESH, BYPASS and ABUSIVE
 //! requests from many client IPs; every response checked, RSS and fds sampled every 5 s.
 
 use std::sync::{Arc, Mutex};
@@ -32,26 +32,30 @@ enum Kind {
     Hit,
     Miss,
     Stream,
+    /// A HIT's request with `Cache-Control: no-cache`: forwarded, and the answer stored again.
+    Refresh,
     Bypass,
     Abusive,
 }
 
-const KINDS: [Kind; 5] = [
+const KINDS: [Kind; 6] = [
     Kind::Hit,
     Kind::Miss,
     Kind::Stream,
+    Kind::Refresh,
     Kind::Bypass,
     Kind::Abusive,
 ];
 
 impl Kind {
-    /// 40% HIT, 20% MISS, 15% STREAM, 15% BYPASS, 10% ABUSIVE.
+    /// 35% HIT, 20% MISS, 15% STREAM, 10% REFRESH, 10% BYPASS, 10% ABUSIVE.
     fn pick(r: u64) -> Self {
         match r % 100 {
-            0..40 => Self::Hit,
-            40..60 => Self::Miss,
-            60..75 => Self::Stream,
-            75..90 => Self::Bypass,
+            0..35 => Self::Hit,
+            35..55 => Self::Miss,
+            55..70 => Self::Stream,
+            70..80 => Self::Refresh,
+            80..90 => Self::Bypass,
             _ => Self::Abusive,
         }
     }
@@ -61,6 +65,7 @@ impl Kind {
             Self::Hit => "HIT",
             Self::Miss => "MISS",
             Self::Stream => "STREAM",
+            Self::Refresh => "REFRESH",
             Self::Bypass => "BYPASS",
             Self::Abusive => "ABUSIVE",
         }
@@ -74,7 +79,7 @@ impl Kind {
     fn allowed_cache(self) -> &'static [&'static str] {
         match self {
             Self::Hit | Self::Abusive => &["HIT", "MISS", "COALESCED"],
-            Self::Miss | Self::Stream => &["MISS"],
+            Self::Miss | Self::Stream | Self::Refresh => &["MISS"],
             Self::Bypass => &["BYPASS"],
         }
     }
@@ -134,7 +139,7 @@ pub async fn run(s: &'static Settings) -> Result<(), String> {
     samples.push(end);
     let elapsed = started.elapsed().as_secs_f64();
 
-    let mut per_kind = [Tally::default(); 5];
+    let mut per_kind = [Tally::default(); KINDS.len()];
     for t in &tallies {
         for (sum, one) in per_kind.iter_mut().zip(t) {
             sum.add(one);
@@ -260,9 +265,9 @@ async fn sample(
     out
 }
 
-async fn client_loop(shared: Arc<Shared>, task: u64, deadline: Instant) -> [Tally; 5] {
+async fn client_loop(shared: Arc<Shared>, task: u64, deadline: Instant) -> [Tally; KINDS.len()] {
     let mut rng = XorShift::new(shared.s.nonce ^ task);
-    let mut tallies = [Tally::default(); 5];
+    let mut tallies = [Tally::default(); KINDS.len()];
     let mut seq = 0u64;
     while Instant::now() < deadline {
         seq += 1;
@@ -296,7 +301,7 @@ async fn one(
         pool_ip((rng.next_u64() % IP_POOL) as u32 + 1)
     };
     let (path, body) = match kind {
-        Kind::Hit | Kind::Abusive => (
+        Kind::Hit | Kind::Refresh | Kind::Abusive => (
             "/v1/chat/completions",
             chat_body(&format!("soak hit {}", rng.next_u64() % HIT_BODIES), false),
         ),
@@ -311,6 +316,9 @@ async fn one(
         .body(body);
     if kind == Kind::Stream {
         req = req.header("accept", "text/event-stream");
+    }
+    if kind == Kind::Refresh {
+        req = req.header("cache-control", "no-cache");
     }
     let res = req
         .send()
