@@ -12,22 +12,28 @@ ARG BINARY_STAGE=build
 
 FROM rust:1.95-slim-bookworm AS build
 # The slim image has gcc but not make, which jemalloc's C build (tikv-jemalloc-sys) runs.
+# llvm-22 is for llvm-profdata of rustc 1.95's LLVM (22), which the profile-guided build
+# (.ci/release) needs. Not pinned: Debian ships it from bookworm-security, whose index holds
+# only the latest version, so a pin would break the build at its next update.
+# hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends make=4.3-4.1 \
+    && apt-get install -y --no-install-recommends make=4.3-4.1 llvm-22 \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-# Dependencies first, so source edits do not rebuild them.
+# Crates first, so source edits do not download them again. (Compiled crates cannot be kept
+# in a layer: every new profile changes how all of them are optimised.)
 COPY Cargo.toml Cargo.lock ./
-# (Examples, benches and tests live under tests/; building the binary does not need them.)
 RUN mkdir -p src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
-    && cargo build --release --locked --bin openai-cache-proxy \
+    && cargo fetch --locked \
     && rm -rf src
+# The proxy, and for its training run the bench upstream and the soak driver (tests/).
 COPY src ./src
-RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked --bin openai-cache-proxy \
-    && cp target/release/openai-cache-proxy /openai-cache-proxy
+COPY tests ./tests
+COPY .ci/release ./.ci/release
+RUN PGO=1 bash .ci/release \
+    && cp target/dist/openai-cache-proxy /openai-cache-proxy
 
 FROM scratch AS prebuilt
 COPY openai-cache-proxy /openai-cache-proxy

@@ -22,10 +22,11 @@ import sys
 
 SCENARIOS = (
     ("HIT", "64 conns, 1.4 KB answer from cache",
-     ("CEILING", "CEILING-HEAD", "STACK-CACHE", "STACK-CACHE-HEAD", "NGINX", "PROXY", "PROXY-INFO")),
+     ("CEILING", "CEILING-HEAD", "STACK-CACHE", "STACK-CACHE-HEAD", "NGINX", "PROXY", "PROXY-PLAIN",
+      "PROXY-INFO")),
     ("HIT-large", "64 conns, 32 KB answer from cache", ("CEILING", "NGINX", "PROXY")),
     ("FORWARD", "64 conns, Cache-Control: no-cache",
-     ("DIRECT", "NGINX", "STACK", "STACK-CACHE", "STACK-CACHE-HEAD", "PROXY")),
+     ("DIRECT", "NGINX", "STACK", "STACK-CACHE", "STACK-CACHE-HEAD", "PROXY", "PROXY-PLAIN")),
     ("FORWARD-1c", "1 conn, Cache-Control: no-cache",
      ("DIRECT", "RELAY", "STACK", "STACK-CACHE", "NGINX", "PROXY")),
     ("MISS-unique", "64 conns, every body new", ("NGINX", "STACK", "STACK-CACHE", "PROXY-MISS")),
@@ -246,6 +247,11 @@ def main():
         "PROXY/STACK-CACHE-HEAD (HIT)": ("HIT", "PROXY", "STACK-CACHE-HEAD"),
         "STACK-CACHE-HEAD/NGINX (FORWARD)": ("FORWARD", "STACK-CACHE-HEAD", "NGINX"),
         "PROXY/STACK-CACHE-HEAD (FORWARD)": ("FORWARD", "PROXY", "STACK-CACHE-HEAD"),
+        "PROXY/PROXY-PLAIN (HIT)": ("HIT", "PROXY", "PROXY-PLAIN"),
+        "PROXY-PLAIN/NGINX (HIT)": ("HIT", "PROXY-PLAIN", "NGINX"),
+        "PROXY-PLAIN/CEILING (HIT)": ("HIT", "PROXY-PLAIN", "CEILING"),
+        "PROXY/PROXY-PLAIN (FORWARD)": ("FORWARD", "PROXY", "PROXY-PLAIN"),
+        "PROXY-PLAIN/NGINX (FORWARD)": ("FORWARD", "PROXY-PLAIN", "NGINX"),
         "PROXY-INFO/PROXY (HIT)": ("HIT", "PROXY-INFO", "PROXY"),
         "PROXY-INFO/CEILING (HIT)": ("HIT", "PROXY-INFO", "CEILING"),
         "CEILING/NGINX (HIT-large)": ("HIT-large", "CEILING", "NGINX"),
@@ -283,6 +289,12 @@ def main():
           f" {paired_of['PROXY/STACK-CACHE-HEAD (HIT)'][0]:.2f}, FORWARD"
           f" {paired_of['PROXY/STACK-CACHE-HEAD (FORWARD)'][0]:.2f} (what the proxy's code costs"
           " beyond sending that head)")
+    print("PROXY-PLAIN, the same code as a plain release build (no profile-guided optimisation):"
+          f" PROXY / PROXY-PLAIN HIT {paired_of['PROXY/PROXY-PLAIN (HIT)'][0]:.2f}, FORWARD"
+          f" {paired_of['PROXY/PROXY-PLAIN (FORWARD)'][0]:.2f} (what the profile gives);"
+          f" PROXY-PLAIN / NGINX HIT {paired_of['PROXY-PLAIN/NGINX (HIT)'][0]:.2f}, FORWARD"
+          f" {paired_of['PROXY-PLAIN/NGINX (FORWARD)'][0]:.2f}; PROXY-PLAIN / CEILING HIT"
+          f" {paired_of['PROXY-PLAIN/CEILING (HIT)'][0]:.2f}")
     print("PROXY-INFO, the proxy at its default RUST_LOG=info (an access log line per request, to a"
           f" pipe): PROXY-INFO / PROXY {paired_of['PROXY-INFO/PROXY (HIT)'][0]:.2f} (what the log"
           f" costs a HIT), PROXY-INFO / CEILING {paired_of['PROXY-INFO/CEILING (HIT)'][0]:.2f}")

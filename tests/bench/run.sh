@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Side-by-side bench (`make bench`, issue 6), all on 127.0.0.1 in one run: the proxy (PROXY,
-# release build) against a bare actix-web handler serving the same bytes (CEILING, also the
+# the shipped binary: `make release`, profile-guided where it can be) against a bare actix-web handler serving the same bytes (CEILING, also the
 # upstream: DIRECT) and Debian's nginx as a caching reverse proxy (NGINX, config: nginx.conf.in).
 # In HIT, CEILING-HEAD is the bare handler sending the proxy's HIT head too (its X-Cache, Age,
 # Cache-Status, ... headers): what that head costs, apart from what the proxy's code costs;
 # STACK-CACHE (below) is the least a cache on this stack does for a HIT (key, lookup, stored
 # bytes out), so PROXY / STACK-CACHE is what the proxy's features cost a HIT; and
-# PROXY-INFO is the proxy at its default RUST_LOG=info (PROXY runs at warn, as NGINX has its
-# access log off), an access log line per request written to a pipe, as under Docker.
+# PROXY-PLAIN (HIT and FORWARD) is the same code as a plain release build, without the profile:
+# PROXY / PROXY-PLAIN is what the profile-guided build gives. PROXY-INFO is the proxy at its
+# default RUST_LOG=info (PROXY runs at warn, as NGINX has its access log off), an access log line
+# per request written to a pipe, as under Docker.
 # FORWARD at one connection also goes through RELAY, socat copying bytes between the client and
 # the upstream without reading HTTP: the least a second hop adds on this machine. FORWARD and
 # MISS-unique also go through STACK (forwarder.rs), a bare actix-web handler that forwards with
@@ -106,17 +108,23 @@ echo "Load average before the run: $load"
 awk -v l="${load%% *}" -v n="$(nproc)" 'BEGIN { exit !(l > n / 2) }' &&
     say "warning: load average $load on $(nproc) CPUs before we start; figures will be noisy"
 
-# The proxy is built on its own, as it ships (`make run`, the Dockerfile): built together with
-# the example, it would get the dev-dependencies' features too (Cargo unifies them per build),
-# 0.6 MB more of TLS-server and runtime code than the shipped binary has.
+# The proxy as it ships (`make run`, the Dockerfile): built on its own, profile-guided where a
+# matching llvm-profdata is or can be installed (.ci/release). Built together with the examples,
+# it would get the dev-dependencies' features too (Cargo unifies them per build), 0.6 MB more of
+# TLS-server and runtime code than the shipped binary has. The bench's own targets (CEILING,
+# STACK*) are plain release builds.
+PROXY_BIN="$(bash .ci/release | tail -n 1)"
 cargo build --release --bin openai-cache-proxy
+PLAIN_BIN=target/release/openai-cache-proxy
+echo "Proxy build: $(cat target/dist/build) ($PROXY_BIN, $(stat -c %s "$PROXY_BIN") bytes);" \
+    "PROXY-PLAIN: $PLAIN_BIN, $(stat -c %s "$PLAIN_BIN") bytes"
 cargo build --release --example bench-upstream --example bench-forwarder
 
 # Distinct free ports: bind all before closing any.
 read -r UPSTREAM_PORT PROXY_PORT MISS_PORT NGINX_PORT REDIS_PORT L2W_PORT L2_PORT RELAY_PORT STACK_PORT \
-    STACK_CACHE_PORT CEILING_HEAD_PORT PROXY_INFO_PORT STACK_CACHE_HEAD_PORT < <(python3 -c '
+    STACK_CACHE_PORT CEILING_HEAD_PORT PROXY_INFO_PORT STACK_CACHE_HEAD_PORT PROXY_PLAIN_PORT < <(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(13)]
+socks = [socket.socket() for _ in range(14)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 print(*(s.getsockname()[1] for s in socks))')
@@ -171,6 +179,7 @@ STACK_CACHE="http://127.0.0.1:$STACK_CACHE_PORT"
 CEILING_HEAD="http://127.0.0.1:$CEILING_HEAD_PORT"
 STACK_CACHE_HEAD="http://127.0.0.1:$STACK_CACHE_HEAD_PORT"
 PROXY_INFO="http://127.0.0.1:$PROXY_INFO_PORT"
+PROXY_PLAIN="http://127.0.0.1:$PROXY_PLAIN_PORT"
 CURL=(curl --silent --show-error --noproxy '*' --max-time 10)
 
 PORT="$UPSTREAM_PORT" target/release/examples/bench-upstream >"$WORK/upstream.log" 2>&1 &
@@ -190,14 +199,16 @@ STACK_CACHE_PID="$!"
 PROXY_ENV=(env -u PROXY_URL HOST=127.0.0.1 OPENAI_API_URL="$UPSTREAM" RATE_LIMIT=0 CACHE_TTL=1h
     LOG_FORMAT=json RUST_LOG=warn)
 start_proxy() { # port log-name [VAR=value...]; sets STARTED_PID
-    "${PROXY_ENV[@]}" PORT="$1" "${@:3}" target/release/openai-cache-proxy >"$WORK/$2.log" 2>&1 &
+    "${PROXY_ENV[@]}" PORT="$1" "${@:3}" "${BIN:-$PROXY_BIN}" >"$WORK/$2.log" 2>&1 &
     STARTED_PID="$!"
     PIDS+=("$STARTED_PID")
 }
 start_proxy "$PROXY_PORT" proxy
 PROXY_PID="$STARTED_PID"
+BIN="$PLAIN_BIN" start_proxy "$PROXY_PLAIN_PORT" proxy-plain
+PROXY_PLAIN_PID="$STARTED_PID"
 # Its access log lines are counted at the end of the pipe (written when it stops).
-"${PROXY_ENV[@]}" RUST_LOG=info PORT="$PROXY_INFO_PORT" target/release/openai-cache-proxy \
+"${PROXY_ENV[@]}" RUST_LOG=info PORT="$PROXY_INFO_PORT" "$PROXY_BIN" \
     > >(grep -c '"message":"request"' >"$WORK/proxy-info.lines") 2>"$WORK/proxy-info.log" &
 PROXY_INFO_PID="$!"
 PIDS+=("$PROXY_INFO_PID")
@@ -238,6 +249,7 @@ wait_ready() { # name pid url
 wait_ready upstream "$UPSTREAM_PID" "$UPSTREAM/count"
 wait_ready proxy "$PROXY_PID" "$PROXY/health"
 wait_ready proxy-info "$PROXY_INFO_PID" "$PROXY_INFO/health"
+wait_ready proxy-plain "$PROXY_PLAIN_PID" "$PROXY_PLAIN/health"
 wait_ready stack "$STACK_PID" "$STACK/count"
 wait_ready stack-cache "$STACK_CACHE_PID" "$STACK_CACHE/count"
 wait_ready nginx "$NGINX_PID" "$NGINX/count"
@@ -405,6 +417,7 @@ url_of() {
         STACK-CACHE-HEAD) echo "$STACK_CACHE_HEAD" ;;
         PROXY) echo "$PROXY" ;;
         PROXY-INFO) echo "$PROXY_INFO" ;;
+        PROXY-PLAIN) echo "$PROXY_PLAIN" ;;
         PROXY-MISS) echo "$MISS_PROXY" ;;
         PROXY-L2) echo "$L2_PROXY" ;;
     esac
@@ -479,7 +492,9 @@ check_hit HIT STACK-CACHE-HEAD "$STACK_CACHE_HEAD" /v1/chat/completions "$WORK/c
 same_names "STACK-CACHE-HEAD's HIT" "$WORK/check-HIT-STACK-CACHE-HEAD-3.h" "$WORK/check-HIT-PROXY-3.h"
 same_names "STACK-CACHE-HEAD's MISS" "$WORK/check-HIT-STACK-CACHE-HEAD-1.h" "$WORK/proxy-forward.h"
 check_hit HIT PROXY-INFO "$PROXY_INFO" /v1/chat/completions "$WORK/chat.json"
-measure HIT 64 "$B/post.lua" none CEILING CEILING-HEAD STACK-CACHE STACK-CACHE-HEAD NGINX PROXY PROXY-INFO
+check_hit HIT PROXY-PLAIN "$PROXY_PLAIN" /v1/chat/completions "$WORK/chat.json"
+measure HIT 64 "$B/post.lua" none CEILING CEILING-HEAD STACK-CACHE STACK-CACHE-HEAD NGINX PROXY PROXY-PLAIN \
+    PROXY-INFO
 stop "$CEILING_HEAD_PID"
 # PROXY-INFO must have logged every request it answered: wrk's, the check's 3 and a /health.
 stop "$PROXY_INFO_PID"
@@ -505,8 +520,10 @@ check_reaches_upstream FORWARD STACK "$STACK" "$WORK/chat.json" 'Cache-Control: 
 check_reaches_upstream FORWARD STACK-CACHE "$STACK_CACHE" "$WORK/chat.json" 'Cache-Control: no-cache'
 check_reaches_upstream FORWARD STACK-CACHE-HEAD "$STACK_CACHE_HEAD" "$WORK/chat.json" 'Cache-Control: no-cache'
 same_names "STACK-CACHE-HEAD's forward" "$WORK/check-FORWARD-STACK-CACHE-HEAD.h" "$WORK/check-FORWARD-PROXY.h"
-measure FORWARD 64 "$B/forward.lua" all DIRECT NGINX STACK STACK-CACHE STACK-CACHE-HEAD PROXY
+check_reaches_upstream FORWARD PROXY-PLAIN "$PROXY_PLAIN" "$WORK/chat.json" 'Cache-Control: no-cache'
+measure FORWARD 64 "$B/forward.lua" all DIRECT NGINX STACK STACK-CACHE STACK-CACHE-HEAD PROXY PROXY-PLAIN
 stop "$STACK_CACHE_HEAD_PID"
+stop "$PROXY_PLAIN_PID"
 # RELAY: one socat process per connection (`fork`), each ending with its connection.
 socat TCP-LISTEN:"$RELAY_PORT",bind=127.0.0.1,reuseaddr,fork,nodelay \
     TCP:127.0.0.1:"$UPSTREAM_PORT",nodelay >"$WORK/relay.log" 2>&1 &
@@ -605,7 +622,7 @@ after="$(upstream_count)"
 
 # Start-up: spawn to first answered GET /health, and idle RSS, over fresh processes.
 say "start-up: $STARTS fresh proxy processes"
-timeout $((STARTS * 15 + 30)) "${PROXY_ENV[@]}" python3 "$B/startup.py" target/release/openai-cache-proxy \
+timeout $((STARTS * 15 + 30)) "${PROXY_ENV[@]}" python3 "$B/startup.py" "$PROXY_BIN" \
     "$STARTS" >"$WORK/startup" || die "start-up timing failed (see above)"
 
 # nginx complaining (e.g. a full cache zone) would make its figures suspect.

@@ -29,9 +29,9 @@ for tool in curl python3 timeout; do
     command -v "$tool" >/dev/null || die "'$tool' is required but not installed"
 done
 
-# The proxy on its own, as it ships (see tests/bench/run.sh: built with the examples it would
+# The proxy as it ships (`make release`; see tests/bench/run.sh: built with the examples it would
 # get the dev-dependencies' features too).
-cargo build --release --bin openai-cache-proxy
+PROXY_BIN="$(bash .ci/release | tail -n 1)"
 cargo build --release --example bench-upstream --example soak
 
 # Two distinct free ports: bind both before closing either.
@@ -63,7 +63,7 @@ env -u PROXY_URL -u PROXY_FROM_ENV -u ADMIN_TOKEN \
     PORT="$PROXY_PORT" HOST=127.0.0.1 OPENAI_API_URL="http://127.0.0.1:$UPSTREAM_PORT" \
     RATE_LIMIT=600 TRUSTED_PROXIES=127.0.0.1/32 CACHE_TTL=1h MAX_CACHE_SIZE="$CACHE_MB" \
     LOG_FORMAT=json RUST_LOG=warn \
-    target/release/openai-cache-proxy >"$WORK/proxy.log" 2>&1 &
+    "$PROXY_BIN" >"$WORK/proxy.log" 2>&1 &
 PIDS+=("$!")
 PROXY_PID="$!"
 
