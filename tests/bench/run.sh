@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side bench (`make bench`, issue 6), all on 127.0.0.1 in one run: the proxy (PROXY,
-# the shipped binary: `make release`, profile-guided where it can be) against a bare actix-web handler serving the same bytes (CEILING, also the
-# upstream: DIRECT) and Debian's nginx as a caching reverse proxy (NGINX, config: nginx.conf.in).
+# the shipped binary: `make release`, profile-guided where it can be) against a bare actix-web
+# handler serving the same bytes (CEILING, also the upstream: DIRECT) and Debian's nginx as a
+# caching reverse proxy (NGINX, config: nginx.conf.in).
 # In HIT, CEILING-HEAD is the bare handler sending the proxy's HIT head too (its X-Cache, Age,
 # Cache-Status, ... headers): what that head costs, apart from what the proxy's code costs;
 # STACK-CACHE (below) is the least a cache on this stack does for a HIT (key, lookup, stored
